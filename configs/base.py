@@ -1,0 +1,55 @@
+"""Defaults shared by every experiment; variants import this and override a few fields.
+
+Select with `--config=configs/transformer.py`; override any field from the command line,
+e.g. `--config.model.num_encoder_layers=6 --config.train.num_steps=20000`.
+"""
+
+import ml_collections
+
+
+def get_config() -> ml_collections.ConfigDict:
+    config = ml_collections.ConfigDict()
+
+    config.model = ml_collections.ConfigDict()
+    config.model.name = "transformer"  # "transformer" | "lstm_attention"
+
+    config.data = ml_collections.ConfigDict()
+    config.data.tokens_per_batch = 2048  # global padded tokens per side: batch = budget // bucket length
+    config.data.bucket_boundaries = ()  # empty: use metadata.json's suggested boundaries
+    config.data.max_length = 0  # 0: the largest bucket boundary; longer pairs are skipped
+    config.data.shuffle_buffer = 8192  # examples held for shuffling (part of the checkpoint)
+    config.data.split = "train"  # which split of --data_dir to train on
+
+    config.optimizer = ml_collections.ConfigDict()
+    config.optimizer.name = "adam"  # "adam" | "adamw"
+    config.optimizer.learning_rate = 1e-3  # peak learning rate
+    config.optimizer.schedule = "inverse_sqrt"  # "inverse_sqrt" | "cosine" | "constant"
+    config.optimizer.warmup_steps = 1000  # linear warmup to the peak
+    config.optimizer.beta1 = 0.9
+    config.optimizer.beta2 = 0.98
+    config.optimizer.epsilon = 1e-9
+    config.optimizer.weight_decay = 0.0  # used by adamw only
+    config.optimizer.clip_norm = 1.0  # global gradient norm clip; 0 disables
+
+    config.train = ml_collections.ConfigDict()
+    config.train.num_steps = 20000  # total optimizer steps
+    config.train.steps_per_loop = 50  # steps inside one tf.function call (host round trip)
+    config.train.grad_accum_steps = 1  # micro-batches summed into one optimizer step
+    config.train.label_smoothing = 0.1
+    config.train.checkpoint_every_steps = 1000
+    config.train.keep_checkpoints = 5
+    config.train.log_every_steps = 100  # console line + TensorBoard scalars
+    config.train.seed = 0
+    config.train.deterministic = False  # op determinism + fixed seeds: bit-identical reruns
+    config.train.mixed_precision = ""  # "" | "mixed_bfloat16" | "mixed_float16"
+    config.train.jit_compile = False  # XLA-compile the train step (always on under TPU)
+    config.train.max_nonfinite_steps = 20  # abort after this many consecutive non-finite losses
+
+    config.decode = ml_collections.ConfigDict()
+    config.decode.beam_size = 4
+    config.decode.alpha = 0.6  # GNMT length penalty exponent
+    config.decode.max_length_ratio = 1.5  # max output tokens = ratio * source tokens + offset
+    config.decode.max_length_offset = 10
+    config.decode.batch_size = 64  # sentences per decoding batch
+
+    return config

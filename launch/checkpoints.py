@@ -1,0 +1,37 @@
+"""Where each worker's checkpoints live, and how a run finds the one to resume from.
+
+The chief's checkpoint (model, optimizer, step, its data iterator) is THE checkpoint that
+the evaluator and exporter read, in WORKDIR/checkpoints. Every other worker keeps its own
+copy in WORKDIR/checkpoints/worker-<i>, because its data iterator reads another shard of
+the data and must resume there, not at the chief's position.
+"""
+
+import os
+
+import tensorflow as tf
+from absl import logging
+
+CHECKPOINT_DIR = "checkpoints"
+
+
+def directory(workdir: str, *, worker_index: int = 0, is_chief: bool = True) -> str:
+    root = os.path.join(workdir, CHECKPOINT_DIR)
+    return root if is_chief else os.path.join(root, f"worker-{worker_index}")
+
+
+def manager(checkpoint: tf.train.Checkpoint, *, workdir: str, worker_index: int,
+            is_chief: bool, keep: int) -> tf.train.CheckpointManager:
+    return tf.train.CheckpointManager(
+        checkpoint, directory(workdir, worker_index=worker_index, is_chief=is_chief),
+        max_to_keep=keep, checkpoint_name="ckpt")
+
+
+def restore_latest(checkpoint_manager: tf.train.CheckpointManager,
+                   checkpoint: tf.train.Checkpoint) -> str | None:
+    """Restores the newest checkpoint, if any; every saved object must find its match."""
+    path = checkpoint_manager.latest_checkpoint
+    if path is None:
+        return None
+    checkpoint.read(path).assert_existing_objects_matched()
+    logging.info("restored %s", path)
+    return path

@@ -1,0 +1,44 @@
+"""s2s-evaluate: score the latest (or a named) checkpoint, or follow new ones with --watch."""
+
+import sys
+
+from absl import app, flags
+
+flags.DEFINE_string("workdir", None, "s2s-train workdir (reads checkpoints and config.json).")
+flags.DEFINE_string("data_dir", None, "s2s-preprocess output with the split to score.")
+flags.DEFINE_string("split", "dev", "Split to decode and score: dev | test.")
+flags.DEFINE_bool("watch", False, "Follow new checkpoints as the trainer writes them.")
+flags.DEFINE_string("checkpoint", "", "Score this checkpoint path instead of the latest.")
+flags.DEFINE_integer("beam_size", None, "Default: the training config's decode.beam_size.")
+flags.DEFINE_float("alpha", None, "GNMT length penalty; default: decode.alpha.")
+flags.DEFINE_integer("average_last", 1, "Export the average of the last N checkpoints.")
+flags.DEFINE_float("timeout", 600.0, "--watch: stop after this many seconds without a new "
+                   "checkpoint.")
+flags.mark_flags_as_required(["workdir", "data_dir"])
+FLAGS = flags.FLAGS
+
+
+def main(argv):
+    if len(argv) > 1:
+        raise app.UsageError(f"unexpected arguments: {' '.join(argv[1:])}")
+    from launch import evaluator
+    try:
+        rows = evaluator.evaluate(
+            workdir=FLAGS.workdir, data_dir=FLAGS.data_dir, split=FLAGS.split,
+            watch=FLAGS.watch, checkpoint=FLAGS.checkpoint, beam_size=FLAGS.beam_size,
+            alpha=FLAGS.alpha, average_last=FLAGS.average_last, timeout=FLAGS.timeout)
+    except (ValueError, evaluator.EvaluationError) as error:
+        print(f"s2s-evaluate: error: {error}", file=sys.stderr)
+        sys.exit(2)
+    for row in rows:
+        figures = "  ".join(f"{key}={row[key]:.2f}" for key in ("bleu", "chrf", "wer", "per")
+                            if key in row)
+        print(f"step {row['step']} {row['split']}: {figures}")
+
+
+def run():
+    app.run(main)
+
+
+if __name__ == "__main__":
+    run()

@@ -1,0 +1,290 @@
+"""The evaluation job: restore a checkpoint, beam-search a split, score, export the best.
+
+Owns WORKDIR/eval/<split>/ (metrics.jsonl, hyp-<step>.txt, TensorBoard events) and
+WORKDIR/export/best; it never writes a file the trainer owns.
+"""
+
+import dataclasses
+import json
+import os
+import time
+
+import numpy as np
+import sacrebleu
+import sentencepiece as spm
+import tensorflow as tf
+from absl import logging
+
+import models
+from launch import checkpoints, export
+from models import decoding
+from pipeline import dataset, features
+
+METRICS_FILE = "metrics.jsonl"
+
+
+class EvaluationError(RuntimeError):
+    """The evaluation cannot run; the message says why."""
+
+
+@dataclasses.dataclass
+class Run:
+    """What the evaluator needs from a training run and its data."""
+    config: object
+    metadata: dict
+    model: object
+    tokenizer_model: bytes
+    processor: spm.SentencePieceProcessor
+
+
+def load_run(*, workdir: str, data_dir: str) -> Run:
+    """Rebuilds the model from WORKDIR/config.json and checks the data matches it."""
+    import ml_collections
+
+    config_path = os.path.join(workdir, "config.json")
+    if not tf.io.gfile.exists(config_path):
+        raise EvaluationError(f"{workdir} has no config.json: not an s2s-train workdir")
+    with tf.io.gfile.GFile(config_path) as f:
+        config = ml_collections.ConfigDict(json.load(f))
+    try:
+        metadata = dataset.load_metadata(data_dir)
+    except dataset.DataDirError as error:
+        raise EvaluationError(str(error)) from error
+    trained_sha = config.data.tokenizer_sha256
+    if metadata["tokenizer"]["sha256"] != trained_sha:
+        raise EvaluationError(
+            f"{data_dir} uses tokenizer sha256 {metadata['tokenizer']['sha256'][:12]}... but "
+            f"{workdir} was trained with {trained_sha[:12]}...: ids would not match")
+    with tf.io.gfile.GFile(os.path.join(data_dir, metadata["tokenizer"]["path"]), "rb") as f:
+        tokenizer_model = f.read()
+    model = models.build_model(config.model, vocab_size=config.data.vocab_size,
+                               pad_id=config.data.pad_id, eos_id=config.data.eos_id,
+                               bos_id=config.data.bos_id)
+    dummy = tf.fill([1, 2], config.data.eos_id)
+    model({features.INPUTS: dummy, features.TARGETS: dummy})
+    return Run(config=config, metadata=metadata, model=model,
+               tokenizer_model=tokenizer_model,
+               processor=spm.SentencePieceProcessor(model_proto=tokenizer_model))
+
+
+def restore(run: Run, paths: list[str]) -> None:
+    """Loads one checkpoint's weights, or the average of several."""
+    checkpoint = tf.train.Checkpoint(model=run.model)
+    if len(paths) == 1:
+        checkpoint.read(paths[0]).expect_partial().assert_existing_objects_matched()
+        return
+    total = None
+    for path in paths:
+        checkpoint.read(path).expect_partial().assert_existing_objects_matched()
+        values = [v.numpy().astype(np.float64) for v in run.model.weights]
+        total = values if total is None else [t + v for t, v in zip(total, values)]
+    for variable, value in zip(run.model.weights, total):
+        variable.assign((value / len(paths)).astype(variable.dtype.as_numpy_dtype))
+
+
+def max_decode_length(run: Run) -> int:
+    """One decode budget for the evaluator and the export, so their outputs agree."""
+    decode = run.config.decode
+    return decoding.max_decode_length(max(run.config.data.bucket_boundaries),
+                                      ratio=decode.max_length_ratio,
+                                      offset=decode.max_length_offset,
+                                      cap=max(run.config.data.bucket_boundaries) * 4)
+
+
+def decode_split(run: Run, *, split: str, beam_size: int, alpha: float,
+                 data_dir: str) -> tuple[list[str], list[str], list[str]]:
+    """(sources, references, hypotheses) as text, in file order."""
+    batch_size = run.config.decode.batch_size
+    budget = max_decode_length(run)
+
+    @tf.function
+    def search(inputs):
+        tokens, _ = decoding.beam_search(run.model, inputs, beam_size=beam_size, alpha=alpha,
+                                         max_decode_length=budget)
+        return tokens
+
+    sources, references, hypotheses = [], [], []
+    batches = dataset.make_eval_dataset(data_dir=data_dir, split=split, batch_size=batch_size,
+                                        boundaries=run.config.data.bucket_boundaries)
+    began, done = time.perf_counter(), 0
+    for batch in batches:
+        inputs = batch[features.INPUTS].numpy()
+        real = inputs.shape[0]
+        if real < batch_size:  # pad the last batch: one compiled shape per bucket
+            inputs = np.pad(inputs, [[0, batch_size - real], [0, 0]])
+            inputs[real:, 0] = run.config.data.eos_id
+        tokens = search(tf.constant(inputs)).numpy()[:real]
+        hypotheses.extend(run.processor.decode(strip_special(row, run.config.data))
+                          for row in tokens)
+        sources.extend(t.decode() for t in batch[features.INPUTS_TEXT].numpy())
+        references.extend(t.decode() for t in batch[features.TARGETS_TEXT].numpy())
+        done += real
+        logging.info("decoded %d sentences (%.1f/s)", done, done / (time.perf_counter() - began))
+    return sources, references, hypotheses
+
+
+def strip_special(ids, data_config) -> list[int]:
+    """Token ids up to (not including) the first EOS, without padding."""
+    out = []
+    for token in ids.tolist():
+        if token == data_config.eos_id:
+            break
+        if token != data_config.pad_id:
+            out.append(token)
+    return out
+
+
+def edit_distance(a: list[str], b: list[str]) -> int:
+    """Levenshtein distance between two token lists."""
+    previous = list(range(len(b) + 1))
+    for i, x in enumerate(a, 1):
+        current = [i]
+        for j, y in enumerate(b, 1):
+            current.append(min(previous[j] + 1, current[j - 1] + 1,
+                               previous[j - 1] + (x != y)))
+        previous = current
+    return previous[-1]
+
+
+def score(hypotheses: list[str], references: list[str], *, g2p: bool) -> dict:
+    """BLEU and chrF with sacreBLEU signatures; for G2P also word and phoneme error rate."""
+    bleu, chrf = sacrebleu.metrics.BLEU(), sacrebleu.metrics.CHRF()
+    result = {
+        "bleu": bleu.corpus_score(hypotheses, [references]).score,
+        "bleu_signature": str(bleu.get_signature()),
+        "chrf": chrf.corpus_score(hypotheses, [references]).score,
+        "chrf_signature": str(chrf.get_signature()),
+        "num_sentences": len(references),
+    }
+    if g2p:
+        pairs = [(h.split(), r.split()) for h, r in zip(hypotheses, references)]
+        result["wer"] = 100.0 * sum(h != r for h, r in pairs) / max(len(pairs), 1)
+        result["per"] = 100.0 * sum(edit_distance(h, r) for h, r in pairs) / max(
+            sum(len(r) for _, r in pairs), 1)
+    return result
+
+
+def is_g2p(metadata: dict) -> bool:
+    return "cmudict" in json.dumps(metadata.get("sources", ""))
+
+
+def read_metrics(path: str) -> list[dict]:
+    if not tf.io.gfile.exists(path):
+        return []
+    with tf.io.gfile.GFile(path) as f:
+        return [json.loads(line) for line in f if line.strip()]
+
+
+def write_text_atomically(path: str, text: str) -> None:
+    tmp = f"{path}.tmp-{os.getpid()}"
+    with tf.io.gfile.GFile(tmp, "w") as f:
+        f.write(text)
+    tf.io.gfile.rename(tmp, path, overwrite=True)
+
+
+def checkpoint_step(path: str) -> int:
+    return int(path.rsplit("-", 1)[1])
+
+
+def evaluate_checkpoint(run: Run, path: str, *, workdir: str, data_dir: str, split: str,
+                        beam_size: int, alpha: float, average_last: int = 1) -> dict:
+    """Scores one checkpoint, records it, and exports it if it is the best so far."""
+    step = checkpoint_step(path)
+    out_dir = os.path.join(workdir, "eval", split)
+    tf.io.gfile.makedirs(out_dir)
+    restore(run, [path])
+    began = time.perf_counter()
+    sources, references, hypotheses = decode_split(run, split=split, beam_size=beam_size,
+                                                   alpha=alpha, data_dir=data_dir)
+    row = {"step": step, "split": split, "checkpoint": path, "beam_size": beam_size,
+           "alpha": alpha, **score(hypotheses, references, g2p=is_g2p(run.metadata)),
+           "decode_seconds": round(time.perf_counter() - began, 2)}
+    write_text_atomically(os.path.join(out_dir, f"hyp-{step}.txt"),
+                          "".join(h + "\n" for h in hypotheses))
+    metrics_path = os.path.join(out_dir, METRICS_FILE)
+    previous = read_metrics(metrics_path)
+    best_before = max((r["bleu"] for r in previous), default=float("-inf"))
+    write_text_atomically(metrics_path, "".join(json.dumps(r, sort_keys=True) + "\n"
+                                                for r in previous + [row]))
+    with tf.summary.create_file_writer(out_dir).as_default():
+        for key in ("bleu", "chrf", "wer", "per"):
+            if key in row:
+                tf.summary.scalar(key, row[key], step=step)
+    extra = {k: row[k] for k in ("bleu", "chrf", "wer", "per") if k in row}
+    logging.info("step %d %s: %s", step, split,
+                 "  ".join(f"{k} {v:.2f}" for k, v in extra.items()))
+    if row["bleu"] > best_before:
+        if average_last > 1:
+            restore(run, recent_checkpoints(workdir, upto=path, count=average_last))
+        export.export_saved_model(
+            run.model, tokenizer_model=run.tokenizer_model,
+            export_dir=os.path.join(workdir, "export", "best"), beam_size=beam_size,
+            alpha=alpha, max_input_length=max(run.config.data.bucket_boundaries),
+            max_decode_length=max_decode_length(run),
+            info={"step": step, "split": split, "averaged": average_last, **extra})
+        row["exported"] = True
+    return row
+
+
+def recent_checkpoints(workdir: str, *, upto: str, count: int) -> list[str]:
+    """`upto` and the checkpoints just before it that still exist."""
+    state = tf.train.get_checkpoint_state(checkpoints.directory(workdir))
+    paths = list(state.all_model_checkpoint_paths) if state else []
+    paths = [p for p in paths if checkpoint_step(p) <= checkpoint_step(upto)]
+    return (paths[-count:] if upto in paths else [upto])
+
+
+def evaluate(*, workdir: str, data_dir: str, split: str = "dev", watch: bool = False,
+             checkpoint: str = "", beam_size: int | None = None, alpha: float | None = None,
+             average_last: int = 1, timeout: float = 600.0) -> list[dict]:
+    """Scores the latest (or a named) checkpoint, or every new one with watch=True."""
+    run = load_run(workdir=workdir, data_dir=data_dir)
+    beam_size = beam_size or run.config.decode.beam_size
+    alpha = run.config.decode.alpha if alpha is None else alpha
+    ckpt_dir = checkpoints.directory(workdir)
+    kwargs = dict(workdir=workdir, data_dir=data_dir, split=split, beam_size=beam_size,
+                  alpha=alpha, average_last=average_last)
+    if not watch:
+        path = checkpoint or tf.train.latest_checkpoint(ckpt_dir)
+        if not path:
+            raise EvaluationError(f"{ckpt_dir} holds no checkpoint to evaluate")
+        try:
+            return [evaluate_checkpoint(run, path, **kwargs)]
+        except tf.errors.NotFoundError as error:
+            raise EvaluationError(f"checkpoint {path} cannot be read: {error.message}") from error
+    scored = {r["step"] for r in read_metrics(os.path.join(workdir, "eval", split,
+                                                           METRICS_FILE))}
+    rows = []
+    for path in tf.train.checkpoints_iterator(ckpt_dir, timeout=timeout, min_interval_secs=1):
+        step = checkpoint_step(path)
+        if step in scored:
+            logging.info("step %d already scored; skipping", step)
+        else:
+            try:
+                rows.append(evaluate_checkpoint(run, path, **kwargs))
+            except tf.errors.NotFoundError:
+                logging.warning("checkpoint %s was deleted before it could be read; moving on",
+                                path)
+                continue
+            scored.add(step)
+        if step >= run.config.train.num_steps:
+            logging.info("reached the final training step %d", step)
+            break
+    return rows
+
+
+def export_checkpoint(*, workdir: str, data_dir: str, export_dir: str, checkpoint: str = "",
+                      average_last: int = 1, beam_size: int | None = None,
+                      alpha: float | None = None) -> str:
+    """s2s-export: one checkpoint (or an average) to a SavedModel, without scoring."""
+    run = load_run(workdir=workdir, data_dir=data_dir)
+    path = checkpoint or tf.train.latest_checkpoint(checkpoints.directory(workdir))
+    if not path:
+        raise EvaluationError(f"{workdir} holds no checkpoint to export")
+    restore(run, recent_checkpoints(workdir, upto=path, count=average_last))
+    return export.export_saved_model(
+        run.model, tokenizer_model=run.tokenizer_model, export_dir=export_dir,
+        beam_size=beam_size or run.config.decode.beam_size,
+        alpha=run.config.decode.alpha if alpha is None else alpha,
+        max_input_length=max(run.config.data.bucket_boundaries),
+        max_decode_length=max_decode_length(run), info={"step": checkpoint_step(path)})

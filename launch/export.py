@@ -1,0 +1,119 @@
+"""SavedModel export: a `serving_default` signature from a batch of strings to translations.
+
+Tokenization (tensorflow-text SentencePiece), cached beam search and detokenization all
+live in the graph, so the export loads with plain `tf.saved_model.load` after
+`import tensorflow_text`, with no project code on the path. Beam size and the maximum
+output length are fixed at export time.
+"""
+
+import json
+import os
+import sys
+
+import tensorflow as tf
+import tensorflow_text as tf_text
+from absl import app, flags, logging
+
+from models import decoding
+
+MANIFEST = "s2s_export.json"  # marks a directory as one of our exports
+
+
+class Translator(tf.Module):
+    """Wraps a trained model and its tokenizer behind one string-to-string function."""
+
+    def __init__(self, model, *, tokenizer_model: bytes, beam_size: int, alpha: float,
+                 max_input_length: int, max_decode_length: int):
+        super().__init__()
+        self.model = model
+        self.tokenizer = tf_text.SentencepieceTokenizer(model=tokenizer_model)
+        self.beam_size, self.alpha = int(beam_size), float(alpha)
+        self.max_input_length = int(max_input_length)
+        self.max_decode_length = int(max_decode_length)
+
+    @tf.function(input_signature=[tf.TensorSpec([None], tf.string, name="inputs")])
+    def translate(self, texts):
+        """texts: [batch] string -> {"translations": [batch] string, "scores": [batch]}."""
+        config = self.model.config
+        pieces = self.tokenizer.tokenize(texts)[:, : self.max_input_length - 1]
+        eos = tf.fill([pieces.nrows(), 1], tf.cast(config.eos_id, pieces.dtype))
+        ids = tf.concat([pieces, eos], axis=1).to_tensor(default_value=config.pad_id)
+        tokens, scores = decoding.beam_search(
+            self.model, tf.cast(ids, tf.int32), beam_size=self.beam_size, alpha=self.alpha,
+            max_decode_length=self.max_decode_length)
+        keep = tf.logical_and(tokens != config.pad_id, tokens != config.eos_id)
+        ragged = tf.ragged.boolean_mask(tokens, keep)
+        return {"translations": self.tokenizer.detokenize(ragged), "scores": scores}
+
+
+def export_saved_model(model, *, tokenizer_model: bytes, export_dir: str, beam_size: int,
+                       alpha: float, max_input_length: int, max_decode_length: int,
+                       info: dict | None = None) -> str:
+    """Writes the SavedModel to a temp dir, then swaps it in: readers never see half."""
+    translator = Translator(model, tokenizer_model=tokenizer_model, beam_size=beam_size,
+                            alpha=alpha, max_input_length=max_input_length,
+                            max_decode_length=max_decode_length)
+    tmp = f"{export_dir.rstrip('/')}.tmp-{os.getpid()}"
+    if tf.io.gfile.exists(tmp):
+        tf.io.gfile.rmtree(tmp)
+    tf.saved_model.save(translator, tmp,
+                        signatures={"serving_default": translator.translate})
+    manifest = {"format": "s2s-pipeline translator", "beam_size": beam_size, "alpha": alpha,
+                "max_input_length": max_input_length,
+                "max_decode_length": max_decode_length, **(info or {})}
+    with tf.io.gfile.GFile(os.path.join(tmp, MANIFEST), "w") as f:
+        f.write(json.dumps(manifest, indent=2, sort_keys=True) + "\n")
+    old = f"{export_dir.rstrip('/')}.old-{os.getpid()}"
+    if tf.io.gfile.exists(export_dir):
+        tf.io.gfile.rename(export_dir, old)
+    tf.io.gfile.rename(tmp, export_dir)
+    if tf.io.gfile.exists(old):
+        tf.io.gfile.rmtree(old)
+    return export_dir
+
+
+class NotAnExportError(ValueError):
+    """The directory is not a SavedModel written by export_saved_model."""
+
+
+def load_translator(export_dir: str):
+    """Loads an export with TensorFlow alone; refuses directories that are not ours."""
+    if not tf.io.gfile.exists(os.path.join(export_dir, MANIFEST)):
+        raise NotAnExportError(f"{export_dir} is not an s2s-pipeline export (no {MANIFEST})")
+    loaded = tf.saved_model.load(export_dir)
+    return loaded.signatures["serving_default"]
+
+
+FLAGS = flags.FLAGS
+
+
+def main(argv):
+    del argv
+    from launch import evaluator
+    try:
+        path = evaluator.export_checkpoint(
+            workdir=FLAGS.workdir, data_dir=FLAGS.data_dir, export_dir=FLAGS.export_dir,
+            checkpoint=FLAGS.checkpoint, average_last=FLAGS.average_last,
+            beam_size=FLAGS.beam_size, alpha=FLAGS.alpha)
+    except (ValueError, evaluator.EvaluationError) as error:
+        print(f"s2s-export: error: {error}", file=sys.stderr)
+        sys.exit(2)
+    logging.info("exported %s", path)
+    print(path)
+
+
+def run():
+    flags.DEFINE_string("workdir", None, "s2s-train workdir.")
+    flags.DEFINE_string("data_dir", None, "s2s-preprocess output (for the tokenizer).")
+    flags.DEFINE_string("export_dir", None, "Where to write the SavedModel.")
+    flags.DEFINE_string("checkpoint", "", "Checkpoint path; default: the latest.")
+    flags.DEFINE_integer("average_last", 1, "Average the weights of the last N checkpoints.")
+    flags.DEFINE_integer("beam_size", None, "Default: the training config's decode.beam_size.")
+    flags.DEFINE_float("alpha", None, "Default: the training config's decode.alpha.")
+    flags.mark_flags_as_required(["workdir", "data_dir", "export_dir"])
+    app.run(main)
+
+
+if __name__ == "__main__":
+    run()
+

@@ -1,0 +1,63 @@
+"""Learning-rate schedules and the optimizer the trainer steps."""
+
+import math
+
+import keras
+import tensorflow as tf
+
+SCHEDULES = ("inverse_sqrt", "cosine", "constant")
+OPTIMIZERS = ("adam", "adamw")
+# Under mixed_float16 gradients are computed on a scaled loss; 2**15 is the usual start.
+FLOAT16_INITIAL_SCALE = 2.0 ** 15
+# Without float16 the same wrapper only skips non-finite steps: the scale never grows.
+NEVER_GROW = 2 ** 30
+
+
+class WarmupSchedule(keras.optimizers.schedules.LearningRateSchedule):
+    """Linear warmup to `peak`, then inverse-sqrt decay, cosine decay to zero, or constant."""
+
+    def __init__(self, *, kind: str, peak: float, warmup_steps: int, total_steps: int):
+        if kind not in SCHEDULES:
+            raise ValueError(f"schedule {kind!r} is not one of {SCHEDULES}")
+        self.kind, self.peak = kind, float(peak)
+        self.warmup_steps, self.total_steps = int(warmup_steps), int(total_steps)
+
+    def __call__(self, step):
+        step = tf.cast(step, tf.float32) + 1.0
+        warmup = float(max(self.warmup_steps, 1))
+        ramp = tf.minimum(step / warmup, 1.0)
+        if self.kind == "inverse_sqrt":
+            decay = tf.math.rsqrt(tf.maximum(step, warmup) / warmup)
+        elif self.kind == "cosine":
+            span = float(max(self.total_steps - self.warmup_steps, 1))
+            progress = tf.clip_by_value((step - warmup) / span, 0.0, 1.0)
+            decay = 0.5 * (1.0 + tf.cos(math.pi * progress))
+        else:
+            decay = 1.0
+        return self.peak * ramp * decay
+
+    def get_config(self):
+        return {"kind": self.kind, "peak": self.peak, "warmup_steps": self.warmup_steps,
+                "total_steps": self.total_steps}
+
+
+def create_optimizer(config, *, total_steps: int, float16: bool) -> keras.optimizers.Optimizer:
+    """Adam/AdamW wrapped in a LossScaleOptimizer, which skips non-finite steps.
+
+    Clipping is NOT configured here: the trainer clips the all-reduced gradient itself,
+    because Keras clips before its own cross-replica sum (a per-replica norm).
+    """
+    schedule = WarmupSchedule(kind=config.schedule, peak=config.learning_rate,
+                              warmup_steps=config.warmup_steps, total_steps=total_steps)
+    common = dict(learning_rate=schedule, beta_1=config.beta1, beta_2=config.beta2,
+                  epsilon=config.epsilon)
+    if config.name == "adam":
+        inner = keras.optimizers.Adam(**common)
+    elif config.name == "adamw":
+        inner = keras.optimizers.AdamW(weight_decay=config.weight_decay, **common)
+    else:
+        raise ValueError(f"optimizer {config.name!r} is not one of {OPTIMIZERS}")
+    if float16:
+        return keras.optimizers.LossScaleOptimizer(inner, initial_scale=FLOAT16_INITIAL_SCALE)
+    return keras.optimizers.LossScaleOptimizer(inner, initial_scale=1.0,
+                                               dynamic_growth_steps=NEVER_GROW)

@@ -1,0 +1,48 @@
+"""s2s-train: absl flags -> trainer.train(config, workdir=..., data_dir=..., strategy=...)."""
+
+import sys
+
+from absl import app, flags, logging
+from ml_collections import config_flags
+
+config_flags.DEFINE_config_file("config", None, "ml_collections config file, e.g. "
+                                "configs/transformer.py; override fields with --config.a.b=v")
+flags.DEFINE_string("workdir", None, "Checkpoints, summaries and config.json go here.")
+flags.DEFINE_string("data_dir", None, "s2s-preprocess output directory.")
+flags.DEFINE_string("strategy", "default",
+                    "default | one_device | mirrored | multi_worker_mirrored | tpu")
+flags.DEFINE_string("tpu", "", "TPU name, or 'local' on a TPU VM (with --strategy=tpu).")
+flags.DEFINE_integer("cpu_devices", 0, "Split the CPU into N logical devices (the CPU proxy "
+                     "for multi-replica strategies); 0 leaves it alone.")
+flags.mark_flags_as_required(["config", "workdir", "data_dir"])
+
+
+def main(argv):
+    if len(argv) > 1:
+        raise app.UsageError(f"unexpected arguments: {' '.join(argv[1:])}")
+    from launch import strategy as strategy_lib  # imports TensorFlow: after flag parsing
+    from launch import trainer
+    from pipeline import dataset
+
+    flag_values = flags.FLAGS
+    try:
+        strategy_lib.validate(flag_values.strategy, tpu=flag_values.tpu)
+        trainer.validate_config(flag_values.config)
+        dataset.load_metadata(flag_values.data_dir)
+        if flag_values.cpu_devices:
+            strategy_lib.set_cpu_devices(flag_values.cpu_devices)
+        strategy = strategy_lib.create(flag_values.strategy, tpu=flag_values.tpu)
+        trainer.train(flag_values.config, workdir=flag_values.workdir,
+                      data_dir=flag_values.data_dir, strategy=strategy)
+    except (ValueError, trainer.TrainingError) as error:
+        logging.error("%s", error)
+        print(f"s2s-train: error: {error}", file=sys.stderr)
+        sys.exit(2)
+
+
+def run():
+    app.run(main)
+
+
+if __name__ == "__main__":
+    run()

@@ -1,0 +1,392 @@
+"""The custom training loop: one code path for every tf.distribute strategy.
+
+A `tf.function` runs `steps_per_loop` steps per host call. Each step pulls this worker's
+batch from a host-level, checkpointable tf.data iterator, splits it across the local
+replicas, computes gradients of the token-summed loss, all-reduces them, divides by the
+GLOBAL number of real target tokens, clips the global norm and applies them. A step whose
+gradients are not finite is skipped by the LossScaleOptimizer (float16 or not).
+"""
+
+import dataclasses
+import json
+import os
+import signal
+import time
+
+import keras
+import tensorflow as tf
+from absl import logging
+
+import models
+from launch import checkpoints, optim, strategy as strategy_lib
+from models import losses
+from pipeline import dataset, features
+
+MIXED_PRECISION = ("", "mixed_bfloat16", "mixed_float16")
+CONFIG_FILE = "config.json"
+
+
+class TrainingError(RuntimeError):
+    """Training cannot start or continue; the message says why."""
+
+
+def validate_config(config) -> None:
+    """Checks every value the trainer relies on, before anything touches the workdir."""
+    train, data, opt = config.train, config.data, config.optimizer
+    positive = {
+        "train.num_steps": train.num_steps, "train.steps_per_loop": train.steps_per_loop,
+        "train.grad_accum_steps": train.grad_accum_steps,
+        "train.checkpoint_every_steps": train.checkpoint_every_steps,
+        "train.keep_checkpoints": train.keep_checkpoints,
+        "train.log_every_steps": train.log_every_steps,
+        "train.max_nonfinite_steps": train.max_nonfinite_steps,
+        "data.tokens_per_batch": data.tokens_per_batch,
+    }
+    for name, value in positive.items():
+        if not isinstance(value, int) or value <= 0:
+            raise ValueError(f"config.{name} must be a positive integer, got {value!r}")
+    if train.mixed_precision not in MIXED_PRECISION:
+        raise ValueError(f"config.train.mixed_precision={train.mixed_precision!r} is not one "
+                         f"of {MIXED_PRECISION}")
+    if opt.name not in optim.OPTIMIZERS:
+        raise ValueError(f"config.optimizer.name={opt.name!r} is not one of {optim.OPTIMIZERS}")
+    if opt.schedule not in optim.SCHEDULES:
+        raise ValueError(f"config.optimizer.schedule={opt.schedule!r} is not one of "
+                         f"{optim.SCHEDULES}")
+    if not opt.learning_rate > 0 or opt.warmup_steps < 0 or opt.clip_norm < 0:
+        raise ValueError("config.optimizer: learning_rate must be > 0, warmup_steps and "
+                         "clip_norm >= 0")
+    if not 0.0 <= train.label_smoothing < 1.0:
+        raise ValueError(f"config.train.label_smoothing={train.label_smoothing} not in [0, 1)")
+    if any(int(b) <= 0 for b in data.bucket_boundaries):
+        raise ValueError(f"config.data.bucket_boundaries must be positive: "
+                         f"{data.bucket_boundaries}")
+    # Building the model config catches bad model names and hyperparameters now.
+    models.model_config_from(config.model, vocab_size=8, pad_id=0, eos_id=1, bos_id=2)
+
+
+def resolve_config(config, metadata: dict):
+    """Fills the values that come from the data: vocabulary, special ids, boundaries."""
+    config = config.copy_and_resolve_references()
+    config.unlock()
+    boundaries = list(config.data.bucket_boundaries) or list(metadata["bucket_boundaries"])
+    if config.data.max_length:
+        boundaries = [b for b in boundaries if b < config.data.max_length]
+        boundaries.append(config.data.max_length)
+    config.data.bucket_boundaries = tuple(int(b) for b in boundaries)
+    config.data.tokenizer_sha256 = metadata["tokenizer"]["sha256"]
+    config.data.vocab_size = int(metadata["vocab_size"])
+    for key in ("pad_id", "eos_id", "bos_id"):
+        config.data[key] = int(metadata[key])
+    config.lock()
+    return config
+
+
+def check_resume_compatible(saved: dict, config) -> None:
+    """Refuses to continue a workdir with another tokenizer or model architecture."""
+    old_sha = saved.get("data", {}).get("tokenizer_sha256")
+    if old_sha and old_sha != config.data.tokenizer_sha256:
+        raise TrainingError(
+            f"the workdir was trained with tokenizer sha256 {old_sha[:12]}... but --data_dir "
+            f"has {config.data.tokenizer_sha256[:12]}...: token ids would not match; use a "
+            "new --workdir or the original data")
+    new_model = config.model.to_dict()
+    old_model = saved.get("model", {})
+    changed = sorted(k for k in set(old_model) | set(new_model)
+                     if old_model.get(k) != new_model.get(k))
+    if old_model and changed:
+        details = ", ".join(f"{k}: {old_model.get(k)!r} -> {new_model.get(k)!r}"
+                            for k in changed)
+        raise TrainingError(f"the workdir's checkpoints use another model config ({details}); "
+                            "use a new --workdir")
+    if saved.get("data", {}).get("vocab_size") not in (None, config.data.vocab_size):
+        raise TrainingError("the workdir's vocabulary size differs from --data_dir's")
+
+
+def write_json_atomically(path: str, value) -> None:
+    """Readers see the old file or the new one, never a partial write."""
+    tmp = f"{path}.tmp-{os.getpid()}"
+    with tf.io.gfile.GFile(tmp, "w") as f:
+        f.write(json.dumps(value, indent=2, sort_keys=True) + "\n")
+    tf.io.gfile.rename(tmp, path, overwrite=True)
+
+
+def read_saved_config(workdir: str) -> dict:
+    path = os.path.join(workdir, CONFIG_FILE)
+    if not tf.io.gfile.exists(path):
+        return {}
+    with tf.io.gfile.GFile(path) as f:
+        return json.load(f)
+
+
+@dataclasses.dataclass
+class StepStats:
+    """Per-step figures returned by the loop, all global (summed over replicas)."""
+    loss_sum: float
+    target_tokens: float
+    source_tokens: float
+    padded_positions: float
+    grad_norm: float
+    finite: bool
+    learning_rate: float
+
+
+class SigtermFlag:
+    """Remembers a SIGTERM (preemption notice) so the loop can save and exit cleanly."""
+
+    def __init__(self):
+        self.raised = False
+        self._previous = None
+
+    def __enter__(self):
+        try:
+            self._previous = signal.signal(signal.SIGTERM, self._handle)
+        except ValueError:  # not the main thread: leave signals alone
+            self._previous = None
+        return self
+
+    def _handle(self, signum, frame):
+        del signum, frame
+        logging.warning("SIGTERM received: saving a checkpoint at the next loop boundary")
+        self.raised = True
+
+    def __exit__(self, *exc):
+        if self._previous is not None:
+            signal.signal(signal.SIGTERM, self._previous)
+
+
+class Trainer:
+    """Holds the model, optimizer, data iterator and compiled loop of one training run."""
+
+    def __init__(self, config, *, data_dir: str, strategy: tf.distribute.Strategy,
+                 worker_index: int, num_workers: int):
+        self.config = config
+        self.strategy = strategy
+        self.num_replicas = strategy.num_replicas_in_sync
+        self.local_replicas = max(self.num_replicas // num_workers, 1)
+        train, data = config.train, config.data
+        with strategy.scope():
+            self.model = models.build_model(
+                config.model, vocab_size=data.vocab_size, pad_id=data.pad_id,
+                eos_id=data.eos_id, bos_id=data.bos_id)
+            dummy = tf.zeros([self.local_replicas, 4], tf.int32) + data.eos_id
+            self.model({features.INPUTS: dummy, features.TARGETS: dummy})
+            self.optimizer = optim.create_optimizer(
+                config.optimizer, total_steps=train.num_steps,
+                float16=train.mixed_precision == "mixed_float16")
+            # Keras 3 under MirroredStrategy: build the optimizer in scope before tf.function.
+            self.optimizer.build(self.model.trainable_variables)
+            self.step = tf.Variable(0, dtype=tf.int64, trainable=False, name="step")
+        self.dataset = dataset.make_train_dataset(
+            data_dir=data_dir, split=data.split, boundaries=data.bucket_boundaries,
+            tokens_per_batch=max(data.tokens_per_batch // num_workers, 1),
+            batch_multiple=self.local_replicas, shuffle_buffer=data.shuffle_buffer,
+            seed=train.seed + worker_index, num_input_pipelines=num_workers,
+            input_pipeline_id=worker_index)
+        self.iterator = iter(self.dataset)
+        self.checkpoint = tf.train.Checkpoint(
+            model=self.model, optimizer=self.optimizer, step=self.step,
+            iterator=self.iterator)
+        self._nominal_tokens = float(max(data.tokens_per_batch // self.num_replicas, 1))
+        self._grad_fn = tf.function(self._gradients, jit_compile=train.jit_compile)
+        self._loop = tf.function(self._train_loop)
+
+    # ---- per replica -------------------------------------------------------------------
+    def _gradients(self, batch):
+        """Gradients of this replica's token-summed loss (scaled to a stable magnitude)."""
+        targets = batch[features.TARGETS]
+        with tf.GradientTape() as tape:
+            logits = self.model(batch, training=True)
+            loss_sum, tokens = losses.cross_entropy_sums(
+                logits, targets, pad_id=self.config.data.pad_id,
+                label_smoothing=self.config.train.label_smoothing)
+            scaled = self.optimizer.scale_loss(loss_sum / self._nominal_tokens)
+        grads = tape.gradient(scaled, self.model.trainable_variables)
+        source_tokens = tf.reduce_sum(
+            tf.cast(batch[features.INPUTS] != self.config.data.pad_id, tf.float32))
+        positions = tf.cast(tf.size(targets) + tf.size(batch[features.INPUTS]), tf.float32)
+        return grads, tf.stack([loss_sum, tokens, source_tokens, positions])
+
+    def _replica_step(self, micro_batches):
+        grads, sums = None, None
+        for batch in micro_batches:
+            micro_grads, micro_sums = self._grad_fn(batch)
+            if grads is None:
+                grads, sums = list(micro_grads), micro_sums
+            else:
+                grads = [g + m for g, m in zip(grads, micro_grads)]
+                sums = sums + micro_sums
+        context = tf.distribute.get_replica_context()
+        grads, sums = context.all_reduce(tf.distribute.ReduceOp.SUM, [grads, sums])
+        scale = self.optimizer.scale_loss(1.0)
+        # d(global loss) = d(sum of token losses) / global token count.
+        true_grads = [g * (self._nominal_tokens / (scale * tf.maximum(sums[1], 1.0)))
+                      for g in grads]
+        grad_norm = tf.linalg.global_norm(true_grads)
+        clip = self.config.optimizer.clip_norm
+        if clip > 0:
+            true_grads, _ = tf.clip_by_global_norm(true_grads, clip, use_norm=grad_norm)
+        # The optimizer unscales by `scale` and sums over replicas again: pre-divide both.
+        self.optimizer.apply([g * (scale / self.num_replicas) for g in true_grads],
+                             self.model.trainable_variables)
+        finite = tf.math.is_finite(grad_norm) & tf.math.is_finite(sums[0])
+        return tf.concat([sums, [grad_norm, tf.cast(finite, tf.float32)]], axis=0)
+
+    # ---- cross replica ---------------------------------------------------------------
+    def _distribute(self, batch):
+        """Splits this worker's batch evenly over its local replicas."""
+        local = self.local_replicas
+
+        def piece(context):
+            index = context.replica_id_in_sync_group % local
+            return {key: tf.split(value, local)[index] for key, value in batch.items()}
+
+        return self.strategy.experimental_distribute_values_from_function(piece)
+
+    def _train_loop(self, num_steps):
+        stats = tf.TensorArray(tf.float32, size=num_steps)
+        for i in tf.range(num_steps):
+            micro = [self._distribute(next(self.iterator))
+                     for _ in range(self.config.train.grad_accum_steps)]
+            learning_rate = self.optimizer.learning_rate
+            per_replica = self.strategy.run(self._replica_step, args=(micro,))
+            values = self.strategy.experimental_local_results(per_replica)[0]
+            stats = stats.write(i, tf.concat([values, [learning_rate]], axis=0))
+            self.step.assign_add(1)
+        return stats.stack()
+
+    def run_loop(self, num_steps: int) -> list[StepStats]:
+        rows = self._loop(tf.constant(num_steps, tf.int32)).numpy()
+        return [StepStats(loss_sum=float(r[0]), target_tokens=float(r[1]),
+                          source_tokens=float(r[2]), padded_positions=float(r[3]),
+                          grad_norm=float(r[4]), finite=bool(r[5] > 0.5),
+                          learning_rate=float(r[6])) for r in rows]
+
+
+def _configure_runtime(config) -> None:
+    keras.mixed_precision.set_global_policy(config.train.mixed_precision or "float32")
+    keras.utils.set_random_seed(config.train.seed)
+    if config.train.deterministic:
+        tf.config.experimental.enable_op_determinism()
+
+
+def _any_worker_preempted(strategy, flag: SigtermFlag) -> bool:
+    """Workers must agree to stop at the same step: a sum of the local flags."""
+    if not isinstance(strategy, tf.distribute.MultiWorkerMirroredStrategy):
+        return flag.raised
+    local = tf.constant(1.0 if flag.raised else 0.0)
+    values = strategy.experimental_distribute_values_from_function(lambda _: local)
+    return bool(strategy.reduce(tf.distribute.ReduceOp.SUM, values, axis=None).numpy() > 0)
+
+
+def train(config, *, workdir: str, data_dir: str,
+          strategy: tf.distribute.Strategy) -> list[StepStats]:
+    """Trains until config.train.num_steps, resuming from the workdir's last checkpoint.
+
+    Returns the per-step statistics of the steps run by this call.
+    """
+    validate_config(config)
+    metadata = dataset.load_metadata(data_dir)
+    config = resolve_config(config, metadata)
+    saved = read_saved_config(workdir)
+    check_resume_compatible(saved, config)
+    worker_index, num_workers, is_chief = strategy_lib.worker_info(strategy)
+    _configure_runtime(config)
+
+    trainer = Trainer(config, data_dir=data_dir, strategy=strategy,
+                      worker_index=worker_index, num_workers=num_workers)
+    manager = checkpoints.manager(trainer.checkpoint, workdir=workdir,
+                                  worker_index=worker_index, is_chief=is_chief,
+                                  keep=config.train.keep_checkpoints)
+    restored = checkpoints.restore_latest(manager, trainer.checkpoint)
+    if is_chief:
+        tf.io.gfile.makedirs(workdir)
+        write_json_atomically(os.path.join(workdir, CONFIG_FILE), config.to_dict())
+    start = int(trainer.step.numpy())
+    logging.info("%s at step %d of %d (%d replicas, %d workers)",
+                 "resuming" if restored else "starting", start, config.train.num_steps,
+                 trainer.num_replicas, num_workers)
+    writer = (tf.summary.create_file_writer(os.path.join(workdir, "train")) if is_chief
+              else tf.summary.create_noop_writer())
+    history: list[StepStats] = []
+    progress = _Progress(config, writer=writer, start=start, is_chief=is_chief)
+    with SigtermFlag() as sigterm, writer.as_default():
+        step = start
+        while step < config.train.num_steps:
+            train = config.train
+            boundary = min(_next_multiple(step, train.steps_per_loop),
+                           _next_multiple(step, train.checkpoint_every_steps),
+                           _next_multiple(step, train.log_every_steps), train.num_steps)
+            began = time.perf_counter()
+            stats = trainer.run_loop(boundary - step)
+            elapsed = time.perf_counter() - began
+            history.extend(stats)
+            progress.record(stats, first_step=step + 1, seconds=elapsed)
+            step = boundary
+            if step % train.checkpoint_every_steps == 0 or step == train.num_steps:
+                manager.save(checkpoint_number=step)
+            if _any_worker_preempted(strategy, sigterm):
+                manager.save(checkpoint_number=step)
+                logging.warning("stopped by SIGTERM after step %d; checkpoint saved", step)
+                break
+    writer.flush()
+    return history
+
+
+def _next_multiple(step: int, every: int) -> int:
+    return (step // every + 1) * every
+
+
+class _Progress:
+    """Console progress lines, TensorBoard scalars and the non-finite step guard."""
+
+    def __init__(self, config, *, writer, start: int, is_chief: bool):
+        self.config, self.writer, self.is_chief = config, writer, is_chief
+        self.start, self.began = start, time.perf_counter()
+        self.nonfinite_run = 0
+        self.window: list[StepStats] = []
+        self.window_seconds = 0.0
+
+    def record(self, stats: list[StepStats], *, first_step: int, seconds: float) -> None:
+        for offset, stat in enumerate(stats):
+            step = first_step + offset
+            self.nonfinite_run = 0 if stat.finite else self.nonfinite_run + 1
+            if self.nonfinite_run >= self.config.train.max_nonfinite_steps:
+                raise TrainingError(
+                    f"{self.nonfinite_run} consecutive non-finite losses ending at step {step}: "
+                    "aborting without saving (lower the learning rate, enable clipping, or "
+                    "use mixed_bfloat16 instead of mixed_float16)")
+            if self.is_chief and self.config.train.log_every_steps == 1:
+                logging.info("step %d loss %.6f", step,
+                             stat.loss_sum / max(stat.target_tokens, 1.0))
+        self.window.extend(stats)
+        self.window_seconds += seconds
+        last = first_step + len(stats) - 1
+        if last % self.config.train.log_every_steps == 0 or last == self.config.train.num_steps:
+            self._flush(last)
+
+    def _flush(self, step: int) -> None:
+        window = [s for s in self.window if s.finite] or self.window
+        tokens = sum(s.target_tokens for s in window)
+        real = sum(s.target_tokens + s.source_tokens for s in window)
+        loss = sum(s.loss_sum for s in window) / max(tokens, 1.0)
+        tokens_per_s = real / max(self.window_seconds, 1e-9)
+        step_time = self.window_seconds / max(len(self.window), 1)
+        padding = 1.0 - real / max(sum(s.padded_positions for s in window), 1.0)
+        remaining = (self.config.train.num_steps - step) * step_time
+        scalars = {"loss": loss, "learning_rate": window[-1].learning_rate,
+                   "grad_norm": window[-1].grad_norm, "tokens_per_s": tokens_per_s,
+                   "step_time": step_time, "padding_ratio": padding}
+        for name, value in scalars.items():
+            tf.summary.scalar(name, value, step=step)
+        if self.is_chief:
+            logging.info("step %d/%d  loss %.4f  lr %.2e  |g| %.3f  %.0f tok/s  %.3fs/step  "
+                         "pad %.0f%%  ETA %s", step, self.config.train.num_steps, loss,
+                         scalars["learning_rate"], scalars["grad_norm"], tokens_per_s,
+                         step_time, 100 * padding, _duration(remaining))
+        self.window, self.window_seconds = [], 0.0
+
+
+def _duration(seconds: float) -> str:
+    seconds = int(seconds)
+    return f"{seconds // 3600}:{seconds % 3600 // 60:02d}:{seconds % 60:02d}"

