@@ -6,6 +6,7 @@ from setuptools import find_packages, setup
 CORE = [
     "tensorflow==2.21.*",
     "tensorflow-text==2.21.*",
+    "tensorboard==2.21.*",  # tf.summary needs it; tensorflow no longer pulls it in
     "keras>=3.15,<4",
     "sentencepiece>=0.2,<0.3",
     "absl-py>=2.1",

@@ -41,14 +41,14 @@ def create(name: str, *, tpu: str = "") -> tf.distribute.Strategy:
     validate(name, tpu=tpu)
     if name == "default":
         return tf.distribute.get_strategy()
-    gpus = tf.config.list_logical_devices("GPU")
+    if name == "multi_worker_mirrored":  # before any device query initialises the runtime
+        return tf.distribute.MultiWorkerMirroredStrategy()
+    gpus = tf.config.list_logical_devices("GPU") if name != "tpu" else []
     if name == "one_device":
         return tf.distribute.OneDeviceStrategy(gpus[0].name if gpus else "/cpu:0")
     if name == "mirrored":
         devices = None if gpus else [d.name for d in tf.config.list_logical_devices("CPU")]
         return tf.distribute.MirroredStrategy(devices=devices)
-    if name == "multi_worker_mirrored":
-        return tf.distribute.MultiWorkerMirroredStrategy()
     resolver = tf.distribute.cluster_resolver.TPUClusterResolver(tpu=tpu or "local")
     if tpu not in ("", "local"):
         tf.config.experimental_connect_to_cluster(resolver)

@@ -2,7 +2,7 @@
 
 import sys
 
-from absl import app, flags, logging
+from absl import app, flags
 from ml_collections import config_flags
 
 config_flags.DEFINE_config_file("config", None, "ml_collections config file, e.g. "
@@ -35,13 +35,26 @@ def main(argv):
         trainer.train(flag_values.config, workdir=flag_values.workdir,
                       data_dir=flag_values.data_dir, strategy=strategy)
     except (ValueError, trainer.TrainingError) as error:
-        logging.error("%s", error)
         print(f"s2s-train: error: {error}", file=sys.stderr)
         sys.exit(2)
 
 
+def parse_flags(argv):
+    """absl's parser, but a bad flag or config key is one clear line, not a traceback."""
+    try:
+        return flags.FLAGS(argv)
+    except flags.Error as error:
+        message = str(error)
+    except (AttributeError, KeyError) as error:  # ml_collections: no such config field
+        overrides = " ".join(a for a in argv[1:] if a.startswith("--config."))
+        key = str(error).strip("\"'")
+        message = f"unknown config key '{key}' in: {overrides}"
+    print(f"s2s-train: error: {message}", file=sys.stderr)
+    sys.exit(2)
+
+
 def run():
-    app.run(main)
+    app.run(main, flags_parser=parse_flags)
 
 
 if __name__ == "__main__":
