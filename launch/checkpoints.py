@@ -14,6 +14,17 @@ from absl import logging
 CHECKPOINT_DIR = "checkpoints"
 
 
+def variables_by_index(variables) -> dict:
+    """A checkpointable {index: tf.Variable} view of Keras 3 variables.
+
+    Keras 3 keeps sub-layers in lists that tf.train.Checkpoint does not follow, so a
+    checkpoint of the model object alone silently misses most weights. Listing every
+    variable (weights and dropout SeedGenerator states) in construction order does not
+    depend on how a model stores its layers; the same model code restores it exactly.
+    """
+    return {f"{index:05d}": variable.value for index, variable in enumerate(variables)}
+
+
 def directory(workdir: str, *, worker_index: int = 0, is_chief: bool = True) -> str:
     root = os.path.join(workdir, CHECKPOINT_DIR)
     return root if is_chief else os.path.join(root, f"worker-{worker_index}")

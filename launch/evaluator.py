@@ -69,7 +69,8 @@ def load_run(*, workdir: str, data_dir: str) -> Run:
 
 def restore(run: Run, paths: list[str]) -> None:
     """Loads one checkpoint's weights, or the average of several."""
-    checkpoint = tf.train.Checkpoint(model=run.model)
+    weights = checkpoints.variables_by_index(run.model.variables)
+    checkpoint = tf.train.Checkpoint(model=weights)
     if len(paths) == 1:
         checkpoint.read(paths[0]).expect_partial().assert_existing_objects_matched()
         return

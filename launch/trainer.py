@@ -184,13 +184,10 @@ class Trainer:
             seed=train.seed + worker_index, num_input_pipelines=num_workers,
             input_pipeline_id=worker_index)
         self.iterator = iter(self.dataset)
-        # Keras does not track dropout's SeedGenerator states in checkpoints; without them
-        # a resumed run would draw other dropout masks than an uninterrupted one.
-        dropout_rng = [v.value for v in self.model.variables
-                       if v.path.endswith("seed_generator_state")]
         self.checkpoint = tf.train.Checkpoint(
-            model=self.model, optimizer=self.optimizer, step=self.step,
-            iterator=self.iterator, dropout_rng=dropout_rng)
+            model=checkpoints.variables_by_index(self.model.variables),
+            optimizer=checkpoints.variables_by_index(self.optimizer.variables),
+            step=self.step, iterator=self.iterator)
         self._nominal_tokens = float(max(data.tokens_per_batch // self.num_replicas, 1))
         self._grad_fn = tf.function(self._gradients, jit_compile=train.jit_compile)
         self._loop = tf.function(self._train_loop)

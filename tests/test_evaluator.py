@@ -1,0 +1,169 @@
+"""The evaluation job, export and translate CLI on a tiny trained toy model."""
+
+import json
+import os
+import shutil
+import subprocess
+import sys
+
+import pytest
+import sacrebleu
+import tensorflow as tf
+
+import toy_data
+from configs import tiny
+from launch import evaluator, export, trainer
+
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+
+@pytest.fixture(scope="module")
+def trained(tmp_path_factory):
+    """(data_dir, workdir) with checkpoints at steps 200 and 400 of the copy task."""
+    root = tmp_path_factory.mktemp("eval")
+    data_dir = toy_data.make_toy_data_dir(str(root / "data"))
+    config = tiny.get_config()
+    config.train.num_steps = 400
+    config.train.checkpoint_every_steps = 200
+    config.train.label_smoothing = 0.0
+    config.optimizer.learning_rate = 1e-2
+    trainer.train(config, workdir=str(root / "work"), data_dir=data_dir,
+                  strategy=tf.distribute.get_strategy())
+    return data_dir, str(root / "work")
+
+
+def copy_workdir(trained, tmp_path):
+    data_dir, workdir = trained
+    copy = tmp_path / "work"
+    shutil.copytree(workdir, copy)
+    return data_dir, str(copy)
+
+
+def test_score_matches_sacrebleu_on_fixed_strings():
+    hyps = ["the cat sat on the mat", "a dog barked loudly today"]
+    refs = ["the cat sat on a mat", "the dog barked loudly today"]
+    result = evaluator.score(hyps, refs, g2p=False)
+    assert result["bleu"] == pytest.approx(sacrebleu.corpus_bleu(hyps, [refs]).score)
+    assert result["chrf"] == pytest.approx(sacrebleu.corpus_chrf(hyps, [refs]).score)
+    assert result["bleu_signature"].startswith("nrefs:1|")
+    assert "wer" not in result
+
+
+def test_g2p_word_and_phoneme_error_rates():
+    hyps = ["HH AH L OW", "W ER L D", "K AE T"]
+    refs = ["HH AH L OW", "W ER L D Z", "B AE T"]
+    result = evaluator.score(hyps, refs, g2p=True)
+    assert result["wer"] == pytest.approx(100 * 2 / 3)
+    assert result["per"] == pytest.approx(100 * 2 / 12)  # one deletion, one substitution
+
+
+def test_evaluate_latest_writes_metrics_hypotheses_and_best_export(trained, tmp_path):
+    data_dir, workdir = copy_workdir(trained, tmp_path)
+    rows = evaluator.evaluate(workdir=workdir, data_dir=data_dir, split="dev")
+    assert [r["step"] for r in rows] == [400]
+    out = os.path.join(workdir, "eval", "dev")
+    lines = open(os.path.join(out, evaluator.METRICS_FILE)).read().splitlines()
+    row = json.loads(lines[0])
+    assert len(lines) == 1 and row["step"] == 400
+    assert {"bleu", "chrf", "bleu_signature"} <= set(row)
+    hyps = open(os.path.join(out, "hyp-400.txt")).read().splitlines()
+    refs = [t for _, t in toy_data.make_pairs(32, seed=1)]
+    assert len(hyps) == 32
+    assert row["bleu"] == pytest.approx(sacrebleu.corpus_bleu(hyps, [refs]).score)
+    assert row["chrf"] > 50.0  # it learned the copy task (sentences too short for BLEU-4)
+    assert tf.io.gfile.exists(os.path.join(workdir, "export", "best", export.MANIFEST))
+
+
+def test_watch_skips_scored_steps_after_restart(trained, tmp_path):
+    data_dir, workdir = copy_workdir(trained, tmp_path)
+    first = evaluator.evaluate(workdir=workdir, data_dir=data_dir, split="dev", watch=True,
+                               timeout=1)
+    assert [r["step"] for r in first] == [400]
+    out = os.path.join(workdir, "eval", "dev")
+    written = {name: os.stat(os.path.join(out, name)).st_mtime_ns
+               for name in (evaluator.METRICS_FILE, "hyp-400.txt")}
+    second = evaluator.evaluate(workdir=workdir, data_dir=data_dir, split="dev", watch=True,
+                                timeout=1)
+    assert second == []
+    assert written == {name: os.stat(os.path.join(out, name)).st_mtime_ns for name in written}
+    assert len(open(os.path.join(out, evaluator.METRICS_FILE)).readlines()) == 1
+
+
+def test_watch_survives_a_checkpoint_deleted_before_it_is_read(trained, tmp_path):
+    data_dir, workdir = copy_workdir(trained, tmp_path)
+    # The trainer's keep-M policy removed ckpt-400 after the watcher learned its name.
+    for path in tf.io.gfile.glob(os.path.join(workdir, "checkpoints", "ckpt-400*")):
+        os.remove(path)
+    rows = evaluator.evaluate(workdir=workdir, data_dir=data_dir, split="dev", watch=True,
+                              timeout=1)
+    assert rows == []
+    assert not os.path.exists(os.path.join(workdir, "eval", "dev", evaluator.METRICS_FILE))
+
+
+def test_bad_inputs_are_clear_errors(trained, tmp_path):
+    data_dir, _ = trained
+    empty = tmp_path / "empty"
+    empty.mkdir()
+    with pytest.raises(evaluator.EvaluationError, match="not an s2s-train workdir"):
+        evaluator.evaluate(workdir=str(empty), data_dir=data_dir)
+    _, workdir = copy_workdir(trained, tmp_path)
+    shutil.rmtree(os.path.join(workdir, "checkpoints"))
+    with pytest.raises(evaluator.EvaluationError, match="no checkpoint"):
+        evaluator.evaluate(workdir=workdir, data_dir=data_dir)
+    other = toy_data.make_toy_data_dir(str(tmp_path / "other"), num_train=8)
+    metadata_path = os.path.join(other, "metadata.json")
+    metadata = json.load(open(metadata_path))
+    metadata["tokenizer"]["sha256"] = "0" * 64
+    json.dump(metadata, open(metadata_path, "w"))
+    with pytest.raises(evaluator.EvaluationError, match="tokenizer sha256"):
+        evaluator.evaluate(workdir=workdir, data_dir=other)
+
+
+def run_cli(args, **kwargs):
+    env = dict(os.environ, TF_CPP_MIN_LOG_LEVEL="2",
+               PYTHONPATH=os.pathsep.join([REPO, os.environ.get("PYTHONPATH", "")]))
+    return subprocess.run([sys.executable, *args], capture_output=True, text=True, env=env,
+                          timeout=300, **kwargs)
+
+
+def test_export_round_trip_in_a_fresh_process_matches_the_evaluator(trained, tmp_path):
+    data_dir, workdir = copy_workdir(trained, tmp_path)
+    row = evaluator.evaluate(workdir=workdir, data_dir=data_dir, split="dev")[0]
+    sources = [s for s, _ in toy_data.make_pairs(32, seed=1)]
+    references = [t for _, t in toy_data.make_pairs(32, seed=1)]
+    script = ("import json, sys, tensorflow as tf, tensorflow_text\n"
+              "serve = tf.saved_model.load(sys.argv[1]).signatures['serving_default']\n"
+              "out = serve(inputs=tf.constant(json.loads(sys.argv[2])))\n"
+              "print(json.dumps([t.decode() for t in out['translations'].numpy()]))\n")
+    # No project code on the path: run from an empty directory with a clean PYTHONPATH.
+    env = dict(os.environ, PYTHONPATH="", TF_CPP_MIN_LOG_LEVEL="2")
+    result = subprocess.run(
+        [sys.executable, "-c", script, os.path.join(workdir, "export", "best"),
+         json.dumps(sources)], capture_output=True, text=True, env=env, cwd=str(tmp_path),
+        timeout=300)
+    assert result.returncode == 0, result.stderr[-3000:]
+    translations = json.loads(result.stdout.strip().splitlines()[-1])
+    hyps = open(os.path.join(workdir, "eval", "dev", "hyp-400.txt")).read().splitlines()
+    assert translations == hyps
+    assert sacrebleu.corpus_bleu(translations, [references]).score == pytest.approx(row["bleu"])
+
+
+def test_translate_cli_reads_stdin(trained, tmp_path):
+    data_dir, workdir = copy_workdir(trained, tmp_path)
+    export_dir = str(tmp_path / "exported")
+    result = run_cli(["-m", "launch.export", f"--workdir={workdir}", f"--data_dir={data_dir}",
+                      f"--export_dir={export_dir}"])
+    assert result.returncode == 0, result.stderr[-3000:]
+    result = run_cli(["-m", "launch.translate", f"--model={export_dir}", "--batch_size=2"],
+                     input="abc\nhag bed\ncab\n")
+    assert result.returncode == 0, result.stderr[-3000:]
+    lines = result.stdout.splitlines()
+    assert len(lines) == 3
+    assert all(line.strip() for line in lines)
+
+
+def test_translate_cli_refuses_a_directory_that_is_not_an_export(tmp_path):
+    result = run_cli(["-m", "launch.translate", f"--model={tmp_path}"], input="abc\n")
+    assert result.returncode == 2
+    assert "is not an s2s-pipeline export" in result.stderr
+    assert "Traceback" not in result.stderr
