@@ -12,6 +12,8 @@ flags.DEFINE_string("checkpoint", "", "Score this checkpoint path instead of the
 flags.DEFINE_integer("beam_size", None, "Default: the training config's decode.beam_size.")
 flags.DEFINE_float("alpha", None, "GNMT length penalty; default: decode.alpha.")
 flags.DEFINE_integer("average_last", 1, "Export the average of the last N checkpoints.")
+flags.DEFINE_bool("export_best", None, "Export the best checkpoint to WORKDIR/export/best; "
+                  "default: only when scoring the dev split.")
 flags.DEFINE_float("timeout", 600.0, "--watch: stop after this many seconds without a new "
                    "checkpoint.")
 flags.mark_flags_as_required(["workdir", "data_dir"])
@@ -26,14 +28,30 @@ def main(argv):
         rows = evaluator.evaluate(
             workdir=FLAGS.workdir, data_dir=FLAGS.data_dir, split=FLAGS.split,
             watch=FLAGS.watch, checkpoint=FLAGS.checkpoint, beam_size=FLAGS.beam_size,
-            alpha=FLAGS.alpha, average_last=FLAGS.average_last, timeout=FLAGS.timeout)
+            alpha=FLAGS.alpha, average_last=FLAGS.average_last, timeout=FLAGS.timeout,
+            export_best=FLAGS.export_best)
     except (ValueError, evaluator.EvaluationError) as error:
         print(f"s2s-evaluate: error: {error}", file=sys.stderr)
         sys.exit(2)
     for row in rows:
-        figures = "  ".join(f"{key}={row[key]:.2f}" for key in ("bleu", "chrf", "wer", "per")
-                            if key in row)
-        print(f"step {row['step']} {row['split']}: {figures}")
+        print_row(row)
+
+
+def print_row(row: dict) -> None:
+    """A human summary of one scored checkpoint."""
+    print(f"\n{row['split']} set, step {row['step']}, beam {row['beam_size']}, "
+          f"{row['num_sentences']} sentences:")
+    names = {"bleu": "BLEU", "chrf": "chrF", "wer": "word error rate (%)",
+             "per": "phoneme error rate (%)"}
+    for key, name in names.items():
+        if key in row:
+            print(f"  {name:<24} {row[key]:6.2f}")
+    print(f"  {row['bleu_signature']}")
+    print("examples (source => hypothesis   [reference]):")
+    for source, reference, hypothesis in row["examples"]:
+        print(f"  {source} => {hypothesis}   [{reference}]")
+    if row.get("exported"):
+        print(f"exported the best model so far to {row['exported']}")
 
 
 def run():

@@ -21,6 +21,7 @@ from models import decoding
 from pipeline import dataset, features
 
 METRICS_FILE = "metrics.jsonl"
+EXAMPLES = 8  # (source, reference, hypothesis) triples returned for the console
 
 
 class EvaluationError(RuntimeError):
@@ -188,8 +189,13 @@ def checkpoint_step(path: str) -> int:
 
 
 def evaluate_checkpoint(run: Run, path: str, *, workdir: str, data_dir: str, split: str,
-                        beam_size: int, alpha: float, average_last: int = 1) -> dict:
-    """Scores one checkpoint, records it, and exports it if it is the best so far."""
+                        beam_size: int, alpha: float, average_last: int = 1,
+                        export_best: bool = True) -> dict:
+    """Scores one checkpoint, records it, and exports it if it is the best so far.
+
+    The returned row is what metrics.jsonl holds plus "examples": the first few
+    (source, reference, hypothesis) triples, for people reading the console.
+    """
     step = checkpoint_step(path)
     out_dir = os.path.join(workdir, "eval", split)
     tf.io.gfile.makedirs(out_dir)
@@ -214,7 +220,7 @@ def evaluate_checkpoint(run: Run, path: str, *, workdir: str, data_dir: str, spl
     extra = {k: row[k] for k in ("bleu", "chrf", "wer", "per") if k in row}
     logging.info("step %d %s: %s", step, split,
                  "  ".join(f"{k} {v:.2f}" for k, v in extra.items()))
-    if row["bleu"] > best_before:
+    if export_best and row["bleu"] > best_before:
         if average_last > 1:
             restore(run, recent_checkpoints(workdir, upto=path, count=average_last))
         export.export_saved_model(
@@ -223,7 +229,8 @@ def evaluate_checkpoint(run: Run, path: str, *, workdir: str, data_dir: str, spl
             alpha=alpha, max_input_length=max(run.config.data.bucket_boundaries),
             max_decode_length=max_decode_length(run),
             info={"step": step, "split": split, "averaged": average_last, **extra})
-        row["exported"] = True
+        row["exported"] = os.path.join(workdir, "export", "best")
+    row["examples"] = list(zip(sources, references, hypotheses))[:EXAMPLES]
     return row
 
 
@@ -237,14 +244,20 @@ def recent_checkpoints(workdir: str, *, upto: str, count: int) -> list[str]:
 
 def evaluate(*, workdir: str, data_dir: str, split: str = "dev", watch: bool = False,
              checkpoint: str = "", beam_size: int | None = None, alpha: float | None = None,
-             average_last: int = 1, timeout: float = 600.0) -> list[dict]:
-    """Scores the latest (or a named) checkpoint, or every new one with watch=True."""
+             average_last: int = 1, timeout: float = 600.0,
+             export_best: bool | None = None) -> list[dict]:
+    """Scores the latest (or a named) checkpoint, or every new one with watch=True.
+
+    The best checkpoint is exported when scoring the dev split (model selection never
+    looks at test) unless export_best says otherwise.
+    """
     run = load_run(workdir=workdir, data_dir=data_dir)
     beam_size = beam_size or run.config.decode.beam_size
     alpha = run.config.decode.alpha if alpha is None else alpha
     ckpt_dir = checkpoints.directory(workdir)
     kwargs = dict(workdir=workdir, data_dir=data_dir, split=split, beam_size=beam_size,
-                  alpha=alpha, average_last=average_last)
+                  alpha=alpha, average_last=average_last,
+                  export_best=split == "dev" if export_best is None else export_best)
     if not watch:
         path = checkpoint or tf.train.latest_checkpoint(ckpt_dir)
         if not path:

@@ -20,12 +20,14 @@ def build_targets(kind: str) -> dict[str, str]:
     return targets
 
 
-def test_every_module_has_a_library_target():
+def test_every_module_and_test_helper_has_a_library_target():
     modules = sorted(
         path for package in PACKAGES
         for path in glob.glob(os.path.join(REPO, package, "*.py"))
         if not path.endswith("__init__.py"))
-    sources = {os.path.relpath(p, REPO) for p in modules}
+    helpers = [path for path in glob.glob(os.path.join(REPO, "tests", "*.py"))
+               if not os.path.basename(path).startswith(("test_", "conftest"))]
+    sources = {os.path.relpath(p, REPO) for p in modules + helpers}
     libraries = build_targets("py_library")
     assert sources == set(libraries.values())
     for name, src in libraries.items():

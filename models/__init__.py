@@ -1,0 +1,83 @@
+"""Seq2seq models: pure Keras 3 on TensorFlow, no I/O, no flags.
+
+`build_model` turns the `model` section of a config into a model. Every model has the
+same interface, so nothing downstream branches on the kind:
+
+    logits = model({"inputs": [B,S] int32, "targets": [B,T] int32}, training=...)
+    encoded = model.encode(inputs)                      # dict, batch-first tensors
+    cache = model.init_cache(encoded, max_decode_length)
+    logits, cache = model.decode_step(tokens, cache)    # [B] int32 -> [B,V] float32
+
+plus `model.config` (a frozen dataclass with pad_id / eos_id / bos_id), which
+`models.decoding` reads.
+"""
+
+import dataclasses
+
+from models.lstm_attention import LstmAttention, LstmAttentionConfig
+from models.transformer import Transformer, TransformerConfig
+
+# Keys taken from the data (metadata.json), not from the model config.
+_DATA_KEYS = ("vocab_size", "pad_id", "eos_id", "bos_id")
+
+
+def _config_from(cls, model_config, data):
+    """Frozen dataclass `cls` from the config's keys (minus "name") plus data ids.
+
+    Unknown keys are rejected (a typo such as num_layer would otherwise be ignored);
+    missing keys take the dataclass defaults.
+    """
+    settings = {key: model_config[key] for key in model_config.keys() if key != "name"}
+    allowed = {field.name for field in dataclasses.fields(cls)} - set(_DATA_KEYS)
+    unknown = sorted(set(settings) - allowed)
+    if unknown:
+        raise ValueError(f"unknown {model_config['name']} config keys {unknown}; "
+                         f"accepted: {sorted(allowed)}")
+    return cls(**settings, **data)
+
+
+def model_config_from(model_config, *, vocab_size, pad_id, eos_id, bos_id):
+    """Validated frozen hyperparameters for the model named by `model_config["name"]`.
+
+    Args:
+        model_config: ml_collections ConfigDict or plain dict with "name"
+            ("transformer" | "lstm_attention") and that model's hyperparameters.
+        vocab_size: shared source/target vocabulary size.
+        pad_id, eos_id, bos_id: special token ids.
+
+    Returns:
+        TransformerConfig or LstmAttentionConfig.
+
+    Raises:
+        ValueError: unknown model name, unknown config key or a bad value.
+    """
+    name = model_config["name"]
+    data = dict(vocab_size=vocab_size, pad_id=pad_id, eos_id=eos_id, bos_id=bos_id)
+    if name == "transformer":
+        return _config_from(TransformerConfig, model_config, data)
+    elif name == "lstm_attention":
+        return _config_from(LstmAttentionConfig, model_config, data)
+    raise ValueError(f"unknown model name {name!r}; expected 'transformer' or "
+                     "'lstm_attention'")
+
+
+def build_model(model_config, *, vocab_size, pad_id, eos_id, bos_id):
+    """Builds the model named by `model_config["name"]`, with all weights created.
+
+    Args: as `model_config_from`.
+
+    Returns:
+        Transformer or LstmAttention (keras.Model).
+
+    Raises:
+        ValueError: as `model_config_from`.
+    """
+    config = model_config_from(model_config, vocab_size=vocab_size, pad_id=pad_id,
+                               eos_id=eos_id, bos_id=bos_id)
+    if isinstance(config, TransformerConfig):
+        return Transformer(config)
+    return LstmAttention(config)
+
+
+__all__ = ["build_model", "model_config_from", "Transformer", "TransformerConfig", "LstmAttention",
+           "LstmAttentionConfig"]

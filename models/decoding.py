@@ -1,0 +1,321 @@
+"""Greedy and beam-search decoding over the models' incremental caches.
+
+Works with any model exposing the shared interface (`encode`, `init_cache`,
+`decode_step`, and `config.pad_id / eos_id / bos_id`). Every loop variable has a static
+shape and the loops are `tf.while_loop`s, so both decoders compile with
+`tf.function(jit_compile=True)` (required under TPUStrategy). They stop early once the
+answer is settled, which XLA handles as a dynamic trip count.
+
+Cache handling: every cache entry has batch as its first dimension, including the
+"step" counter, which is a [batch] int32 vector whose entries are all equal. Beam search
+therefore tiles the cache to [batch * beam, ...] and reorders it after each step with a
+`tf.gather` along axis 0, the same for every entry; no entry is special. Only entries
+that `decode_step` returned unchanged (the same tensor object it was given, such as the
+projected encoder memory) are left alone: they were tiled identically for a sentence's
+beams and never changed, so reordering them within a sentence would not change them.
+
+Decode length: buffers are preallocated, so `max_decode_length` must be a Python int.
+`max_decode_length()` derives it from the padded (static) source length of the batch,
+which bounds every real length in it, so one compiled decoder serves each bucket;
+`batch_max_decode_length()` uses the longest real source in an eager batch instead.
+"""
+
+import math
+
+import tensorflow as tf
+
+# Score of impossible hypotheses: finite so arithmetic on it never makes NaN.
+_NEG_INF = -1e9
+
+
+def max_decode_length(source_length, *, ratio=1.5, offset=10, cap=256):
+    """Static decode budget: min(cap, ceil(ratio * source_length + offset)).
+
+    Args:
+        source_length: padded source length of the batch (a Python int, e.g. the
+            bucket boundary, `inputs.shape[1]`).
+        ratio, offset: target length allowed per source token, plus slack.
+        cap: hard upper bound.
+
+    Returns:
+        Python int >= 1.
+    """
+    return max(1, min(int(cap), int(math.ceil(ratio * int(source_length) + offset))))
+
+
+def batch_max_decode_length(inputs, *, pad_id=0, ratio=1.5, offset=10, cap=256):
+    """Like `max_decode_length` but from the longest REAL source in the batch.
+
+    Eager only (the result sizes the decoder's buffers): tighter than the padded length
+    when a batch is mostly padding, at the cost of one compilation per distinct value.
+
+    Args:
+        inputs: [batch, S] int token ids, pad_id at padding.
+    """
+    lengths = tf.reduce_sum(tf.cast(tf.not_equal(inputs, pad_id), tf.int32), axis=1)
+    return max_decode_length(int(tf.reduce_max(lengths)), ratio=ratio, offset=offset, cap=cap)
+
+
+def length_penalty(length, alpha):
+    """GNMT length penalty ((5 + length) / 6) ** alpha (Wu et al. 2016); float32."""
+    return tf.pow((5.0 + tf.cast(length, tf.float32)) / 6.0, alpha)
+
+
+def _without_special(logits, config):
+    """Logits in float32 with pad_id and bos_id made impossible."""
+    vocab = logits.shape[-1]
+    banned = tf.reduce_any(tf.one_hot([config.pad_id, config.bos_id], vocab, on_value=True,
+                                      off_value=False, dtype=tf.bool), axis=0)
+    return tf.where(banned, _NEG_INF, tf.cast(logits, tf.float32))
+
+
+def decoding_log_probs(logits, config):
+    """Log-probabilities the decoders rank by: pad_id and bos_id are never generated.
+
+    Neither id is ever a training target, but an untrained model may still favour them,
+    and a generated pad would be indistinguishable from padding.
+
+    Args:
+        logits: [..., vocab] float.
+        config: has pad_id and bos_id.
+
+    Returns:
+        [..., vocab] float32, renormalized over the remaining ids.
+    """
+    return tf.nn.log_softmax(_without_special(logits, config), axis=-1)
+
+
+def _top_log_probs(logits, config, *, k):
+    """The k most likely next tokens per row, without a [rows, vocab] log-prob copy.
+
+    Args:
+        logits: [rows, vocab] float32.
+        config: has pad_id and bos_id (never generated, see `decoding_log_probs`).
+        k: tokens kept per row (at most vocab).
+
+    Returns:
+        (log_probs [rows, k] float32 descending, tokens [rows, k] int32).
+    """
+    logits = _without_special(logits, config)
+    top_logits, tokens = tf.math.top_k(logits, k=min(k, logits.shape[-1]))
+    return top_logits - tf.reduce_logsumexp(logits, axis=-1, keepdims=True), tokens
+
+
+def _static_batch(inputs):
+    return inputs.shape[0] if inputs.shape[0] is not None else tf.shape(inputs)[0]
+
+
+def _write_column(sequences, index, values):
+    """sequences[..., index] = values, for a scalar tensor index (static shapes)."""
+    at_index = tf.equal(tf.range(sequences.shape[-1]), index)
+    return tf.where(at_index, values[..., None], sequences)
+
+
+def greedy_decode(model, inputs, *, max_decode_length):
+    """Decodes by taking the most likely token at every step.
+
+    Args:
+        model: a model with the shared interface.
+        inputs: [batch, S] int32 source ids.
+        max_decode_length: Python int, number of tokens generated at most.
+
+    Returns:
+        tokens: [batch, max_decode_length] int32, each sequence ending with its EOS (if
+            produced within the budget) followed by pad_id.
+        scores: [batch] float32 sum of the chosen tokens' log-probabilities (through EOS).
+    """
+    config = model.config
+    inputs = tf.convert_to_tensor(inputs, tf.int32)
+    batch = _static_batch(inputs)
+    cache = model.init_cache(model.encode(inputs, training=False), max_decode_length)
+    tokens = tf.fill([batch], config.bos_id)
+    sequences = tf.fill([batch, max_decode_length], config.pad_id)
+    finished = tf.zeros([batch], tf.bool)
+    scores = tf.zeros([batch], tf.float32)
+
+    def cond(i, tokens, cache, sequences, finished, scores):
+        return tf.logical_and(i < max_decode_length,
+                              tf.logical_not(tf.reduce_all(finished)))
+
+    def body(i, tokens, cache, sequences, finished, scores):
+        logits, cache = model.decode_step(tokens, cache)
+        log_probs = decoding_log_probs(logits, config)
+        best = tf.argmax(log_probs, axis=-1, output_type=tf.int32)
+        best_log_prob = tf.gather(log_probs, best, axis=1, batch_dims=1)
+        best = tf.where(finished, config.pad_id, best)
+        scores += tf.where(finished, 0.0, best_log_prob)
+        sequences = _write_column(sequences, i, best)
+        finished = tf.logical_or(finished, tf.equal(best, config.eos_id))
+        return i + 1, best, cache, sequences, finished, scores
+
+    _, _, _, sequences, _, scores = tf.while_loop(
+        cond, body, (tf.constant(0), tokens, cache, sequences, finished, scores),
+        maximum_iterations=max_decode_length)
+    return sequences, scores
+
+
+def beam_search(model, inputs, *, beam_size, alpha, max_decode_length):
+    """Batched beam search with GNMT length normalization.
+
+    Each step ranks the 2 * beam_size best extensions of the alive hypotheses. Those
+    among the top `beam_size` that end in EOS leave the beam: they join the sentence's
+    finished set with score log_prob / length_penalty(length including EOS) and never
+    grow again. The best `beam_size` extensions not ending in EOS stay alive.
+
+    The greedy path is protected: the hypothesis greedy search would build always keeps
+    a beam slot (taking the last one if it ranks below the others) and finishes when it
+    emits EOS. Plain beam search can prune it and then return something worse than
+    greedy; with it protected, the result never scores below greedy search's, at the
+    cost of at most one slot. beam_size=1 is exactly greedy search.
+
+    A sentence is done once its best finished score beats anything an alive hypothesis
+    can still reach, or once it has `beam_size` finished hypotheses and the greedy one
+    among them; its finished set is then frozen. The loop ends when all sentences are
+    done or after `max_decode_length` steps. A sentence still searching then also
+    considers its best alive hypothesis, truncated at the budget and scored at that
+    length (as greedy search would return it), and returns whichever scores higher.
+
+    Args:
+        model: a model with the shared interface.
+        inputs: [batch, S] int32 source ids.
+        beam_size: hypotheses kept per sentence (Python int).
+        alpha: length-penalty exponent (>= 0); 0 ranks by plain log-probability.
+        max_decode_length: Python int, number of tokens generated at most.
+
+    Returns:
+        tokens: [batch, max_decode_length] int32, ending with EOS then pad_id.
+        scores: [batch] float32 length-normalized log-probabilities.
+    """
+    config = model.config
+    inputs = tf.convert_to_tensor(inputs, tf.int32)
+    batch, beam, length = _static_batch(inputs), beam_size, max_decode_length
+    cache = model.init_cache(model.encode(inputs, training=False), length)
+    cache = tf.nest.map_structure(lambda x: tf.repeat(x, beam, axis=0), cache)
+    # Beam-major offsets turn per-sentence beam indices into rows of the flat cache.
+    row_offsets = (tf.range(batch) * beam)[:, None]
+    # Candidates: the top 2 * beam, then the greedy extension. EOS may finish from the
+    # first `beam` of them (and from the greedy extension, wherever it ranks).
+    may_finish = tf.range(2 * beam + 1) < beam
+    max_penalty = length_penalty(length, alpha)
+
+    state = {
+        "tokens": tf.fill([batch * beam], config.bos_id),
+        "cache": cache,
+        "alive_seq": tf.fill([batch, beam, length], config.pad_id),
+        # Only beam 0 is real at first; the others are placeholders never chosen.
+        "alive_log_prob": tf.tile(tf.constant([[0.0] + [_NEG_INF] * (beam - 1)]),
+                                  [batch, 1]),
+        "alive_is_greedy": tf.tile(tf.range(beam)[None] < 1, [batch, 1]),
+        "finished_seq": tf.fill([batch, beam, length], config.pad_id),
+        "finished_score": tf.fill([batch, beam], _NEG_INF),
+        "done": tf.zeros([batch], tf.bool),
+    }
+
+    def cond(i, state):
+        return tf.logical_and(i < length, tf.logical_not(tf.reduce_all(state["done"])))
+
+    def body(i, state):
+        logits, new_cache = model.decode_step(state["tokens"], state["cache"])
+        # Each beam's best 2 * beam extensions contain every extension that can make the
+        # sentence's top 2 * beam, so rank those instead of all beam * vocab.
+        row_log_prob, row_token = _top_log_probs(logits, config, k=2 * beam)
+        per_row = row_token.shape[-1]
+        row_log_prob = tf.reshape(row_log_prob, [batch, beam, per_row])
+        row_token = tf.reshape(row_token, [batch, beam, per_row])
+        candidates = tf.reshape(state["alive_log_prob"][:, :, None] + row_log_prob,
+                                [batch, beam * per_row])
+        # 2 * beam candidates always hold `beam` that do not end in EOS.
+        top_log_prob, top_index = tf.math.top_k(candidates, k=2 * beam)
+        top_beam = top_index // per_row
+        top_token = tf.gather(tf.reshape(row_token, [batch, beam * per_row]), top_index,
+                              batch_dims=1)
+
+        # The greedy hypothesis' next step (its beam's best token), appended unless it is
+        # already among the top.
+        has_greedy = tf.reduce_any(state["alive_is_greedy"], axis=1)
+        greedy_slot = tf.argmax(tf.cast(state["alive_is_greedy"], tf.int32), axis=1,
+                                output_type=tf.int32)
+        greedy_token = tf.gather(row_token[:, :, 0], greedy_slot, batch_dims=1)
+        greedy_log_prob = tf.gather(candidates, greedy_slot * per_row, batch_dims=1)
+        is_greedy = ((top_beam == greedy_slot[:, None]) & (top_token == greedy_token[:, None])
+                     & has_greedy[:, None])
+        append = has_greedy & tf.logical_not(tf.reduce_any(is_greedy, axis=1))
+        top_log_prob = tf.concat(
+            [top_log_prob, tf.where(append, greedy_log_prob, _NEG_INF)[:, None]], axis=1)
+        top_beam = tf.concat([top_beam, greedy_slot[:, None]], axis=1)
+        top_token = tf.concat([top_token, greedy_token[:, None]], axis=1)
+        is_greedy = tf.concat([is_greedy, append[:, None]], axis=1)
+
+        top_seq = _write_column(tf.gather(state["alive_seq"], top_beam, batch_dims=1),
+                                i, top_token)
+        ends = tf.equal(top_token, config.eos_id)
+
+        # Alive: the greedy extension plus the best others that did not just end.
+        rank = tf.where(ends, _NEG_INF, tf.where(is_greedy, -_NEG_INF, top_log_prob))
+        _, pick = tf.math.top_k(rank, k=beam)
+        alive_log_prob = tf.gather(top_log_prob, pick, batch_dims=1)
+        alive_is_greedy = tf.gather(is_greedy & tf.logical_not(ends), pick, batch_dims=1)
+        alive_seq = tf.gather(top_seq, pick, batch_dims=1)
+        tokens = tf.reshape(tf.gather(top_token, pick, batch_dims=1), [-1])
+        rows = tf.reshape(tf.gather(top_beam, pick, batch_dims=1) + row_offsets, [-1])
+        # Entries decode_step passed through untouched (e.g. projected encoder memory)
+        # are identical across a sentence's beams: reordering them would be a no-op copy.
+        cache = tf.nest.map_structure(
+            lambda new, old: new if new is old else tf.gather(new, rows, axis=0),
+            new_cache, state["cache"])
+
+        # Finished: merge in the real candidates that just emitted EOS.
+        finishing = ends & (may_finish | is_greedy) & (top_log_prob > _NEG_INF / 2)
+        finishing &= tf.logical_not(state["done"])[:, None]
+        new_score = tf.where(finishing, top_log_prob / length_penalty(i + 1, alpha),
+                             _NEG_INF)
+        merged_score = tf.concat([state["finished_score"], new_score], axis=1)
+        merged_seq = tf.concat([state["finished_seq"], top_seq], axis=1)
+        finished_score, pick = tf.math.top_k(merged_score, k=beam)
+        finished_seq = tf.gather(merged_seq, pick, batch_dims=1)
+
+        # Log-probs only fall as hypotheses grow and the penalty peaks at `length`
+        # (alpha >= 0), so no alive hypothesis can score above this bound.
+        best_reachable = tf.reduce_max(alive_log_prob, axis=1) / max_penalty
+        full = (finished_score[:, -1] > _NEG_INF / 2) & tf.logical_not(
+            tf.reduce_any(alive_is_greedy, axis=1))
+        done = state["done"] | full | (finished_score[:, 0] >= best_reachable)
+        return i + 1, {
+            "tokens": tokens, "cache": cache, "alive_seq": alive_seq,
+            "alive_log_prob": alive_log_prob, "alive_is_greedy": alive_is_greedy,
+            "finished_seq": finished_seq, "finished_score": finished_score, "done": done,
+        }
+
+    _, state = tf.while_loop(cond, body, (tf.constant(0), state),
+                             maximum_iterations=length)
+    # A sentence still searching when the budget ran out may return its best truncated
+    # (alive) hypothesis, scored at full length, if that beats everything finished.
+    best_alive = tf.argmax(state["alive_log_prob"], axis=1, output_type=tf.int32)
+    alive_score = tf.gather(state["alive_log_prob"], best_alive, batch_dims=1) / max_penalty
+    use_alive = tf.logical_not(state["done"]) & (alive_score > state["finished_score"][:, 0])
+    tokens = tf.where(use_alive[:, None],
+                      tf.gather(state["alive_seq"], best_alive, batch_dims=1),
+                      state["finished_seq"][:, 0])
+    scores = tf.where(use_alive, alive_score, state["finished_score"][:, 0])
+    return tokens, scores
+
+
+def sequence_log_probs(model, inputs, targets):
+    """Log-probability of whole target sequences under the model (teacher forcing),
+    renormalized like the decoders' scores (see `decoding_log_probs`).
+
+    Useful to rescore decoder outputs, e.g. to compare greedy and beam search.
+
+    Args:
+        model: a model with the shared interface.
+        inputs: [batch, S] int32.
+        targets: [batch, T] int32, ending with EOS then pad_id (as the decoders return).
+
+    Returns:
+        [batch] float32 sum of log p(token) over the non-pad target tokens.
+    """
+    logits = model({"inputs": inputs, "targets": targets}, training=False)
+    log_probs = decoding_log_probs(logits, model.config)
+    token_log_probs = tf.gather(log_probs, targets, axis=2, batch_dims=2)
+    real = tf.not_equal(targets, model.config.pad_id)
+    return tf.reduce_sum(tf.where(real, token_log_probs, 0.0), axis=1)

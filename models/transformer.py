@@ -1,0 +1,329 @@
+"""Transformer encoder-decoder (Vaswani et al. 2017) with an incremental decoder.
+
+Pre-layer-norm by default (stable without warm-up tricks); `pre_norm=False` gives the
+original post-LN blocks. Sinusoidal positions, optional shared source/target embedding
+that also serves as the output projection.
+
+Incremental decoding keeps, per decoder layer, preallocated self-attention key/value
+buffers of static length `max_decode_length` plus the projected encoder keys/values, so
+each step costs one token's worth of work and every shape is static (XLA/TPU).
+"""
+
+import dataclasses
+
+import keras
+import tensorflow as tf
+
+from models import layers
+
+
+@dataclasses.dataclass(frozen=True)
+class TransformerConfig:
+    """Transformer hyperparameters (built from the `model` ConfigDict by build_model)."""
+    vocab_size: int
+    pad_id: int = 0
+    eos_id: int = 1
+    bos_id: int = 3
+    num_encoder_layers: int = 6
+    num_decoder_layers: int = 6
+    d_model: int = 512
+    num_heads: int = 8
+    ffn_dim: int = 2048
+    dropout: float = 0.1
+    attention_dropout: float = 0.1
+    pre_norm: bool = True
+    share_embeddings: bool = True
+
+    def __post_init__(self):
+        for name in ("vocab_size", "num_encoder_layers", "num_decoder_layers", "d_model",
+                     "num_heads", "ffn_dim"):
+            if getattr(self, name) < 1:
+                raise ValueError(f"transformer {name} must be >= 1, got {getattr(self, name)}")
+        if self.d_model % self.num_heads or self.d_model % 2:
+            raise ValueError(f"transformer d_model={self.d_model} must be even and divisible "
+                             f"by num_heads={self.num_heads}")
+        for name in ("dropout", "attention_dropout"):
+            if not 0.0 <= getattr(self, name) < 1.0:
+                raise ValueError(f"transformer {name} must be in [0, 1), got "
+                                 f"{getattr(self, name)}")
+
+
+class _Block(keras.layers.Layer):
+    """Residual wrapper: pre-LN `x + drop(f(norm(x)))` or post-LN `norm(x + drop(f(x)))`."""
+
+    def __init__(self, config, **kwargs):
+        super().__init__(**kwargs)
+        self.pre_norm = config.pre_norm
+        self.norm = layers.LayerNorm(config.d_model, name="norm")
+        self.dropout = keras.layers.Dropout(config.dropout)
+
+    def residual(self, x, fn, training):
+        if self.pre_norm:
+            return x + self.dropout(fn(self.norm(x)), training=training)
+        return self.norm(x + self.dropout(fn(x), training=training))
+
+
+class _SelfAttentionBlock(_Block):
+    """Residual self-attention; `step` is its incremental form over a key/value cache."""
+
+    def __init__(self, config, **kwargs):
+        super().__init__(config, **kwargs)
+        self.attention = layers.MultiHeadAttention(
+            config.d_model, config.num_heads, dropout=config.attention_dropout,
+            name="attention")
+
+    def call(self, x, attention_mask, training=False):
+        return self.residual(x, lambda y: self.attention(y, y, attention_mask,
+                                                         training=training),
+                             training)
+
+    def step(self, x, *, key_cache, value_cache, positions, mask):
+        """One decoding step with cache update.
+
+        Args:
+            x: [batch, 1, d_model] current token.
+            key_cache, value_cache: [batch, max_len, heads, head_dim].
+            positions: [batch] int32 index of the current token.
+            mask: [batch, 1, 1, max_len] bool (future slots hidden).
+
+        Returns:
+            (output [batch, 1, d_model], key_cache, value_cache) updated at `positions`.
+        """
+        new_caches = []
+
+        def attend(y):
+            key, value = self.attention.project_key_value(y)
+            indices = tf.stack([tf.range(tf.shape(positions)[0]), positions], axis=1)
+            for cache, new in ((key_cache, key), (value_cache, value)):
+                new_caches.append(tf.tensor_scatter_nd_update(
+                    cache, indices, tf.cast(new[:, 0], cache.dtype)))
+            return self.attention.attend(y, new_caches[0], new_caches[1], mask=mask)
+
+        out = self.residual(x, attend, training=False)
+        return out, new_caches[0], new_caches[1]
+
+
+class _CrossAttentionBlock(_Block):
+    """Residual attention over encoder keys/values projected once per sentence."""
+
+    def __init__(self, config, **kwargs):
+        super().__init__(config, **kwargs)
+        self.attention = layers.MultiHeadAttention(
+            config.d_model, config.num_heads, dropout=config.attention_dropout,
+            name="attention")
+
+    def call(self, x, *, key, value, attention_mask, training=False):
+        return self.residual(
+            x, lambda y: self.attention.attend(y, key, value, mask=attention_mask,
+                                               training=training),
+            training)
+
+
+class _FeedForwardBlock(_Block):
+    """Residual position-wise feed-forward network."""
+
+    def __init__(self, config, **kwargs):
+        super().__init__(config, **kwargs)
+        self.ffn = layers.FeedForward(config.d_model, config.ffn_dim,
+                                      dropout=config.dropout, name="ffn")
+
+    def call(self, x, training=False):
+        return self.residual(x, lambda y: self.ffn(y, training=training), training)
+
+
+class EncoderLayer(keras.layers.Layer):
+    """Self-attention over the source (padding hidden), then feed-forward."""
+
+    def __init__(self, config, **kwargs):
+        super().__init__(**kwargs)
+        self.self_attention = _SelfAttentionBlock(config, name="self_attention")
+        self.feed_forward = _FeedForwardBlock(config, name="feed_forward")
+
+    def call(self, x, attention_mask, training=False):
+        x = self.self_attention(x, attention_mask, training=training)
+        return self.feed_forward(x, training=training)
+
+
+class DecoderLayer(keras.layers.Layer):
+    """Causal self-attention, attention over the encoder output, then feed-forward."""
+
+    def __init__(self, config, **kwargs):
+        super().__init__(**kwargs)
+        self.self_attention = _SelfAttentionBlock(config, name="self_attention")
+        self.cross_attention = _CrossAttentionBlock(config, name="cross_attention")
+        self.feed_forward = _FeedForwardBlock(config, name="feed_forward")
+
+    def call(self, x, *, self_mask, memory_key, memory_value, memory_mask, training=False):
+        x = self.self_attention(x, self_mask, training=training)
+        x = self.cross_attention(x, key=memory_key, value=memory_value,
+                                 attention_mask=memory_mask, training=training)
+        return self.feed_forward(x, training=training)
+
+
+class Transformer(keras.Model):
+    """Encoder-decoder Transformer with the shared s2s model interface.
+
+    Interface (same as LstmAttention):
+        model({"inputs": [B,S] int32, "targets": [B,T] int32}, training) -> [B,T,V] float32
+        encode(inputs [B,S]) -> {"memory": [B,S,d_model], "source_mask": [B,S] bool}
+        init_cache(encoded, max_decode_length) -> dict of [B, ...] tensors
+        decode_step(tokens [B] int32, cache) -> (logits [B,V] float32, cache)
+
+    Args:
+        config: TransformerConfig.
+    """
+
+    def __init__(self, config: TransformerConfig, **kwargs):
+        super().__init__(**kwargs)
+        self.config = config
+        c = config
+        scale = c.d_model ** 0.5
+        self.source_embedding = layers.TokenEmbedding(c.vocab_size, c.d_model, scale=scale,
+                                                      name="source_embedding")
+        if c.share_embeddings:
+            self.target_embedding = self.source_embedding
+            self.output_projection = None
+        else:
+            self.target_embedding = layers.TokenEmbedding(c.vocab_size, c.d_model,
+                                                          scale=scale,
+                                                          name="target_embedding")
+            self.output_projection = layers.OutputProjection(c.d_model, c.vocab_size,
+                                                             name="output_projection")
+        self.embedding_dropout = keras.layers.Dropout(c.dropout)
+        # One attribute per layer, not a list: tf.train.Checkpoint does not follow the
+        # lists Keras 3 tracks, so listed layers would silently not be saved.
+        for i in range(c.num_encoder_layers):
+            setattr(self, f"encoder_{i}", EncoderLayer(c, name=f"encoder_{i}"))
+        for i in range(c.num_decoder_layers):
+            setattr(self, f"decoder_{i}", DecoderLayer(c, name=f"decoder_{i}"))
+        # Pre-LN leaves the residual stream unnormalized: normalize the stack's output.
+        self.encoder_norm = layers.LayerNorm(c.d_model, name="encoder_norm") if c.pre_norm else None
+        self.decoder_norm = layers.LayerNorm(c.d_model, name="decoder_norm") if c.pre_norm else None
+        self.built = True  # every weight exists now; nothing is created while tracing
+
+    @property
+    def encoder_layers(self):
+        return tuple(getattr(self, f"encoder_{i}")
+                     for i in range(self.config.num_encoder_layers))
+
+    @property
+    def decoder_layers(self):
+        return tuple(getattr(self, f"decoder_{i}")
+                     for i in range(self.config.num_decoder_layers))
+
+    # -- shared pieces -------------------------------------------------------------
+
+    def _embed(self, embedding, ids, positions, training):
+        x = embedding(ids)
+        x += tf.cast(layers.sinusoidal_encoding(positions, self.config.d_model), x.dtype)
+        return self.embedding_dropout(x, training=training)
+
+    def _logits(self, x):
+        if self.decoder_norm is not None:
+            x = self.decoder_norm(x)
+        if self.output_projection is None:
+            return self.target_embedding.logits(x)
+        return self.output_projection(x)
+
+    # -- the shared interface ------------------------------------------------------
+
+    def encode(self, inputs, training=False):
+        """Runs the encoder.
+
+        Args:
+            inputs: [batch, source_length] int32, padded with pad_id.
+            training: enables dropout.
+
+        Returns:
+            {"memory": [batch, source_length, d_model] compute dtype,
+             "source_mask": [batch, source_length] bool, True at real tokens}.
+        """
+        inputs = tf.convert_to_tensor(inputs)
+        mask = tf.not_equal(inputs, self.config.pad_id)
+        attention_mask = layers.padding_mask(mask)
+        x = self._embed(self.source_embedding, inputs, tf.range(tf.shape(inputs)[1]), training)
+        for layer in self.encoder_layers:
+            x = layer(x, attention_mask, training=training)
+        if self.encoder_norm is not None:
+            x = self.encoder_norm(x)
+        return {"memory": x, "source_mask": mask}
+
+    def call(self, features, training=False):
+        """Teacher-forced forward pass.
+
+        Args:
+            features: {"inputs": [batch, S] int32, "targets": [batch, T] int32}.
+            training: enables dropout.
+
+        Returns:
+            logits: [batch, T, vocab] float32; position t predicts targets[:, t].
+        """
+        encoded = self.encode(features["inputs"], training=training)
+        targets = tf.convert_to_tensor(features["targets"])
+        decoder_inputs = layers.shift_right(targets, self.config.bos_id)
+        length = tf.shape(targets)[1]
+        x = self._embed(self.target_embedding, decoder_inputs, tf.range(length), training)
+        self_mask = layers.causal_mask(length)
+        memory_mask = layers.padding_mask(encoded["source_mask"])
+        for layer in self.decoder_layers:
+            key, value = layer.cross_attention.attention.project_key_value(encoded["memory"])
+            x = layer(x, self_mask=self_mask, memory_key=key, memory_value=value,
+                      memory_mask=memory_mask, training=training)
+        return self._logits(x)
+
+    def init_cache(self, encoded, max_decode_length):
+        """Preallocates the decoding state.
+
+        Args:
+            encoded: output of `encode`.
+            max_decode_length: static number of decoding steps the buffers hold.
+
+        Returns:
+            Dict of tensors, each with batch first:
+              "step": [batch] int32 next position (all equal; a vector so the cache can be
+                tiled/gathered along batch like every other entry),
+              "source_mask": [batch, S] bool,
+              "memory_key_{i}", "memory_value_{i}": [batch, S, heads, head_dim],
+              "key_{i}", "value_{i}": [batch, max_decode_length, heads, head_dim] zeros.
+        """
+        memory = encoded["memory"]
+        batch = tf.shape(memory)[0]
+        heads = self.config.num_heads
+        head_dim = self.config.d_model // heads
+        cache = {"step": tf.zeros([batch], tf.int32), "source_mask": encoded["source_mask"]}
+        for i, layer in enumerate(self.decoder_layers):
+            key, value = layer.cross_attention.attention.project_key_value(memory)
+            cache[f"memory_key_{i}"] = key
+            cache[f"memory_value_{i}"] = value
+            zeros = tf.zeros([batch, max_decode_length, heads, head_dim], key.dtype)
+            cache[f"key_{i}"] = zeros
+            cache[f"value_{i}"] = zeros
+        return cache
+
+    def decode_step(self, tokens, cache):
+        """Feeds one token per sequence and returns next-token logits.
+
+        Args:
+            tokens: [batch] int32, the previous token (bos_id at the first step).
+            cache: from `init_cache` or the previous `decode_step`.
+
+        Returns:
+            (logits [batch, vocab] float32, updated cache).
+        """
+        positions = cache["step"]
+        max_length = tf.shape(cache["key_0"])[1]
+        x = self._embed(self.target_embedding, tokens[:, None], positions[:, None], False)
+        visible = tf.range(max_length)[None, :] <= positions[:, None]
+        self_mask = visible[:, None, None, :]
+        memory_mask = layers.padding_mask(cache["source_mask"])
+        new_cache = dict(cache)
+        for i, layer in enumerate(self.decoder_layers):
+            x, new_cache[f"key_{i}"], new_cache[f"value_{i}"] = layer.self_attention.step(
+                x, key_cache=cache[f"key_{i}"], value_cache=cache[f"value_{i}"],
+                positions=positions, mask=self_mask)
+            x = layer.cross_attention(x, key=cache[f"memory_key_{i}"],
+                                      value=cache[f"memory_value_{i}"],
+                                      attention_mask=memory_mask)
+            x = layer.feed_forward(x)
+        new_cache["step"] = positions + 1
+        return self._logits(x[:, 0]), new_cache

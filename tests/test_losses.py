@@ -1,0 +1,82 @@
+"""models/losses.py: sums over real tokens, against hand computations."""
+
+import math
+
+import numpy as np
+import pytest
+import tensorflow as tf
+
+from models import losses
+
+# One sentence of three positions over a vocabulary of 3.
+LOGITS = np.array([[[2.0, 0.0, -1.0],
+                    [0.5, 1.5, 0.0],
+                    [9.0, -9.0, 3.0]]], np.float32)
+TARGETS = np.array([[0, 1, 0]], np.int32)  # all real when pad_id=2
+
+
+def _log_softmax(row):
+    row = np.asarray(row, np.float64)
+    return row - math.log(np.exp(row).sum())
+
+
+def test_cross_entropy_matches_hand_computation_and_skips_padding():
+    targets = np.array([[2, 1, 0]], np.int32)  # pad_id=0 -> third position ignored
+    loss_sum, count = losses.cross_entropy_sums(LOGITS, targets, pad_id=0)
+    expected = -_log_softmax(LOGITS[0, 0])[2] - _log_softmax(LOGITS[0, 1])[1]
+    assert loss_sum.dtype == tf.float32 and count.dtype == tf.float32
+    assert float(count) == 2.0
+    np.testing.assert_allclose(float(loss_sum), expected, rtol=1e-6)
+
+
+def test_cross_entropy_pad_id_is_configurable():
+    loss_sum, count = losses.cross_entropy_sums(LOGITS, TARGETS, pad_id=2)
+    expected = sum(-_log_softmax(LOGITS[0, t])[TARGETS[0, t]] for t in range(3))
+    assert float(count) == 3.0
+    np.testing.assert_allclose(float(loss_sum), expected, rtol=1e-6)
+
+
+def test_label_smoothing_value():
+    eps = 0.1
+    targets = np.array([[2, 1, 0]], np.int32)
+    loss_sum, count = losses.cross_entropy_sums(LOGITS, targets, pad_id=0,
+                                                label_smoothing=eps)
+    expected = 0.0
+    for t in range(2):
+        log_p = _log_softmax(LOGITS[0, t])
+        smoothed = np.full(3, eps / 3)
+        smoothed[targets[0, t]] += 1.0 - eps
+        expected += -(smoothed * log_p).sum()
+    assert float(count) == 2.0
+    np.testing.assert_allclose(float(loss_sum), expected, rtol=1e-6)
+    plain, _ = losses.cross_entropy_sums(LOGITS, targets, pad_id=0)
+    assert abs(float(loss_sum) - float(plain)) > 0.01
+
+
+def test_sums_add_up_across_splits_of_the_batch():
+    rng = np.random.default_rng(0)
+    logits = rng.normal(size=[4, 5, 7]).astype(np.float32)
+    targets = rng.integers(0, 7, size=[4, 5]).astype(np.int32)
+    whole = losses.cross_entropy_sums(logits, targets, label_smoothing=0.2)
+    halves = [losses.cross_entropy_sums(logits[i:i + 2], targets[i:i + 2],
+                                        label_smoothing=0.2) for i in (0, 2)]
+    np.testing.assert_allclose(float(whole[0]), sum(float(h[0]) for h in halves), rtol=1e-5)
+    assert float(whole[1]) == sum(float(h[1]) for h in halves) == float((targets != 0).sum())
+
+
+@pytest.mark.parametrize("dtype", [tf.float16, tf.bfloat16])
+def test_low_precision_logits_give_float32_sums(dtype):
+    targets = np.array([[2, 1, 0]], np.int32)
+    loss_sum, count = losses.cross_entropy_sums(tf.cast(LOGITS, dtype), targets,
+                                                label_smoothing=0.1)
+    reference, _ = losses.cross_entropy_sums(LOGITS, targets, label_smoothing=0.1)
+    assert loss_sum.dtype == tf.float32 and count.dtype == tf.float32
+    np.testing.assert_allclose(float(loss_sum), float(reference), rtol=2e-2)
+
+
+def test_accuracy_sums_count_only_real_tokens():
+    targets = np.array([[0, 2, 0]], np.int32)  # argmaxes are 0, 1, 0; pad_id=0
+    correct, count = losses.accuracy_sums(LOGITS, targets, pad_id=0)
+    assert (float(correct), float(count)) == (0.0, 1.0)
+    correct, count = losses.accuracy_sums(LOGITS, np.array([[0, 1, 0]], np.int32), pad_id=2)
+    assert (float(correct), float(count)) == (3.0, 3.0)
