@@ -98,8 +98,8 @@ def decode_example(serialized: bytes) -> dict:
 
 
 # --- Fast, deterministic Example encoding (used by the Beam preprocess job) -----------------
-# encode_example builds a tf.train.Example proto (~25 us per pair). The preprocess job writes
-# millions of pairs, so it emits the same protobuf wire format directly: about 10x faster,
+# encode_example builds a tf.train.Example proto (~13-25 us per pair). The preprocess job
+# writes millions of pairs, so it emits the same protobuf wire format directly: about 4x faster,
 # needs no TensorFlow, and always orders the map entries the same way (byte-identical shards).
 # tests/test_features.py checks that both encoders parse to identical features.
 
@@ -116,43 +116,59 @@ _VARINTS = tuple(_varint(i) for i in range(1 << 14))  # every 1- and 2-byte vari
 
 
 def _packed_ids(ids) -> bytes:
-    if max(ids) < 0x80:
-        return bytes(ids)
-    table = _VARINTS
-    return b"".join([table[i] if i < 16384 else _varint(i) for i in ids])
+    try:
+        return b"".join(map(_VARINTS.__getitem__, ids))
+    except IndexError:  # an id >= 16384: rare, so the general path may be slower
+        return b"".join(map(_varint, ids))
 
 
-def _length_delimited(tag: bytes, payload: bytes) -> bytes:
-    return tag + _varint(len(payload)) + payload
+class _EntryHeaders(dict):
+    """Wire bytes of one map entry minus its payload, per payload length (cached).
+
+    An entry is Features.feature (field 1) { key (1): name, value (2): Feature {
+    bytes_list (1) or int64_list (3): { value (1): payload } } }; only the length
+    prefixes depend on the payload, so they are built once per distinct length.
+    """
+
+    def __init__(self, key: str, feature_field: bytes):
+        super().__init__()
+        self._key = b"\x0a" + _varint(len(key)) + key.encode("utf-8")
+        self._feature_field = feature_field
+
+    def __missing__(self, length: int) -> bytes:
+        inner = 1 + len(_varint(length)) + length  # BytesList / Int64List message
+        feature = 1 + len(_varint(inner)) + inner
+        entry = len(self._key) + 1 + len(_varint(feature)) + feature
+        header = (b"\x0a" + _varint(entry) + self._key + b"\x12" + _varint(feature)
+                  + self._feature_field + _varint(inner) + b"\x0a" + _varint(length))
+        self[length] = header
+        return header
 
 
-def _map_entry(key: bytes, feature: bytes) -> bytes:
-    # Features.feature (field 1) map entry: key (field 1) and Feature value (field 2).
-    return _length_delimited(b"\x0a", _length_delimited(b"\x0a", key)
-                             + _length_delimited(b"\x12", feature))
-
-
-def _int64_feature(ids) -> bytes:
-    # Feature.int64_list (field 3) -> Int64List.value (field 1, packed varints).
-    payload = _length_delimited(b"\x0a", _packed_ids(ids)) if len(ids) else b""
-    return _length_delimited(b"\x1a", payload)
-
-
-def _bytes_feature(value: bytes) -> bytes:
-    # Feature.bytes_list (field 1) -> BytesList.value (field 1).
-    return _length_delimited(b"\x0a", _length_delimited(b"\x0a", value))
+_ID_HEADERS = _EntryHeaders(ID, b"\x0a")
+_INPUTS_HEADERS = _EntryHeaders(INPUTS, b"\x1a")
+_INPUTS_TEXT_HEADERS = _EntryHeaders(INPUTS_TEXT, b"\x0a")
+_TARGETS_HEADERS = _EntryHeaders(TARGETS, b"\x1a")
+_TARGETS_TEXT_HEADERS = _EntryHeaders(TARGETS_TEXT, b"\x0a")
 
 
 def fast_encode_example(*, inputs, targets, pair_id: str, inputs_text: str = "",
                         targets_text: str = "") -> bytes:
     """Same contract as encode_example (non-negative ids ending in EOS_ID), no protobuf.
 
-    Map entries are written in sorted key order, as deterministic protobuf serialization does.
+    Map entries are always written in the same order (id, inputs, inputs_text, targets,
+    targets_text), so equal pairs give equal bytes in every process.
     """
-    features = (
-        _map_entry(b"id", _bytes_feature(pair_id.encode("utf-8")))
-        + _map_entry(b"inputs", _int64_feature(inputs))
-        + _map_entry(b"inputs_text", _bytes_feature(inputs_text.encode("utf-8")))
-        + _map_entry(b"targets", _int64_feature(targets))
-        + _map_entry(b"targets_text", _bytes_feature(targets_text.encode("utf-8"))))
-    return _length_delimited(b"\x0a", features)
+    pair_id_bytes = pair_id.encode("utf-8")
+    inputs_bytes = _packed_ids(inputs)
+    inputs_text_bytes = inputs_text.encode("utf-8")
+    targets_bytes = _packed_ids(targets)
+    targets_text_bytes = targets_text.encode("utf-8")
+    features = b"".join((
+        _ID_HEADERS[len(pair_id_bytes)], pair_id_bytes,
+        _INPUTS_HEADERS[len(inputs_bytes)], inputs_bytes,
+        _INPUTS_TEXT_HEADERS[len(inputs_text_bytes)], inputs_text_bytes,
+        _TARGETS_HEADERS[len(targets_bytes)], targets_bytes,
+        _TARGETS_TEXT_HEADERS[len(targets_text_bytes)], targets_text_bytes))
+    size = len(features)
+    return b"\x0a" + (_VARINTS[size] if size < 16384 else _varint(size)) + features

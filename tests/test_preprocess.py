@@ -1,0 +1,380 @@
+"""End to end: s2s-preprocess on tiny corpora, read back with tf.data; every bad-input class;
+determinism across worker counts; output-dir safety; the CLI and Beam option passthrough."""
+
+import glob
+import hashlib
+import json
+import os
+import struct
+import subprocess
+import sys
+
+import apache_beam as beam
+import pytest
+import tensorflow as tf
+from absl import flags
+from apache_beam.options.pipeline_options import (DirectOptions, GoogleCloudOptions,
+                                                  SetupOptions, StandardOptions)
+
+from pipeline import features, preprocess, sources, transforms
+from pipeline import tokenizer as tokenizer_lib
+
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+ITEMS = ["file", "folder", "window", "message", "printer", "network", "account", "server"]
+ACTIONS = [("open", "öffnen"), ("close", "schließen"), ("delete", "löschen"),
+           ("rename", "umbenennen"), ("copy", "kopieren")]
+GERMAN = {"file": "Datei", "folder": "Ordner", "window": "Fenster", "message": "Nachricht",
+          "printer": "Drucker", "network": "Netzwerk", "account": "Konto", "server": "Server"}
+
+
+def good_pairs():
+    """40 clean, varied, roughly equal-length pairs."""
+    return [(f"{verb} the {item} now", f"{GERMAN[item]} jetzt {german}")
+            for verb, german in ACTIONS for item in ITEMS]
+
+
+def tsv(pairs) -> bytes:
+    return b"".join(s.encode() + b"\t" + t.encode() + b"\n" for s, t in pairs)
+
+
+MO_ENTRIES = [(b"", b"Content-Type: text/plain; charset=UTF-8\n"),  # header: skipped
+              (b"Open file", "Datei öffnen".encode()), (b"menu\x04Quit", b"Beenden"),
+              (b"%d file\x00%d files", b"%d Datei\x00%d Dateien"),  # plural: skipped
+              (b"Untranslated", b"")]  # untranslated: skipped
+
+
+def write_mo(path, entries):
+    """A little-endian GNU .mo catalog (tests/test_sources.py covers the format in depth)."""
+    count, strings, tables = len(entries), b"", []
+    offset = 28 + 16 * count
+    for index in (0, 1):
+        for entry in sorted(entries):
+            tables.append(struct.pack("<2I", len(entry[index]), offset + len(strings)))
+            strings += entry[index] + b"\x00"
+    header = struct.pack("<7I", 0x950412DE, 0, count, 28, 28 + 8 * count, 0, 0)
+    path.write_bytes(header + b"".join(tables) + strings)
+
+
+@pytest.fixture(scope="module")
+def tiny_model_path(tmp_path_factory):
+    """One small tokenizer shared by the tests that pass --tokenizer_model."""
+    texts = [text for pair in good_pairs() for text in pair]
+    path = tmp_path_factory.mktemp("tokenizer") / "tiny.model"
+    path.write_bytes(tokenizer_lib.train_sentencepiece(texts, vocab_size=120))
+    return str(path)
+
+
+@pytest.fixture(scope="module")
+def corpus(tmp_path_factory):
+    """train.tsv with one example of every bad-input class, plus dev/test and a .mo catalog."""
+    root = tmp_path_factory.mktemp("corpus")
+    good = good_pairs()
+    train = bytearray(tsv(good[:30]))              # lines 1-30
+    train += b"bad \xff\xfe bytes\tkaputt\n"       # 31 invalid_utf8
+    train += b"   \tnur Ziel\n"                    # 32 empty
+    train += b"ring the bell\x07\tKlingel\n"       # 33 control_chars
+    train += ("word " * 300).encode() + b"\tWort\n"  # 34 too_long (max_length=64)
+    train += b"zq xv kw\t" + ("lange Zeile " * 8).encode() + b"\n"  # 35 length_ratio (3.0)
+    train += tsv(good[:1])                         # 36 duplicate of line 1
+    train += b"Save The Document\tDokument sichern\n"  # 37 overlaps dev (case-insensitive)
+    train += b"no tab on this line\n"              # 38 malformed
+    train += b"tab\tinside\tthree fields\n"        # 39 malformed
+    train += b"carriage\rreturn\tWagen\xc2\x85R\xc3\xbccklauf\r\n"  # 40 normalized, kept
+    (root / "train.tsv").write_bytes(bytes(train))
+    (root / "dev.tsv").write_bytes(tsv(good[30:35] + [("save the document ", "Speichern")]))
+    (root / "test.tsv").write_bytes(tsv(good[35:40]))
+    write_mo(root / "app.mo", MO_ENTRIES)
+    return root
+
+
+def run_job(output_dir, *, beam_args=(), **job):
+    options = preprocess.pipeline_options_from_argv(list(beam_args))
+    return preprocess.preprocess(pipeline_options=options, output_dir=str(output_dir), **job)
+
+
+def read_split(output_dir, split):
+    files = sorted(glob.glob(os.path.join(output_dir, features.shard_pattern(split))))
+    dataset = tf.data.TFRecordDataset(files).map(features.parse_example)
+    return [{key: value.numpy() for key, value in example.items()} for example in dataset]
+
+
+def shard_bytes(output_dir):
+    return {os.path.basename(path): open(path, "rb").read() for path in
+            sorted(glob.glob(os.path.join(output_dir, "*.tfrecord")))}
+
+
+@pytest.fixture(scope="module")
+def full_run(corpus, tmp_path_factory):
+    output_dir = tmp_path_factory.mktemp("out")
+    metadata = run_job(
+        output_dir, train=[f"tsv:{corpus}/train.tsv", f"gettext:{corpus}/app.mo"],
+        dev=[f"tsv:{corpus}/dev.tsv"], test=[f"tsv:{corpus}/test.tsv"], vocab_size=120,
+        max_length=64, max_length_ratio=3.0, num_shards=2)
+    return str(output_dir), metadata
+
+
+def test_every_bad_input_class_is_counted(full_run):
+    _, metadata = full_run
+    train = metadata["splits"]["train"]
+    assert train["read"] == 40 + len(MO_ENTRIES)
+    assert train["dropped"] == {
+        "invalid_utf8": 1, "empty": 1, "control_chars": 1, "too_long": 1, "length_ratio": 1,
+        "duplicate": 1, "overlaps_eval": 1, "malformed": 2, "gettext_header": 1,
+        "gettext_plural": 1, "gettext_untranslated": 1}
+    assert train["written"] == 30 + 1 + 2  # good lines, the normalized line, two .mo entries
+    assert train["normalized_whitespace"] == 1
+    for split, counts in metadata["splits"].items():
+        assert counts["read"] == counts["written"] + sum(counts["dropped"].values()), split
+    assert metadata["splits"]["dev"]["written"] == 6
+    assert metadata["splits"]["test"]["written"] == 5
+
+
+def test_dead_letters_name_file_line_and_raw_bytes(full_run, corpus):
+    output_dir, metadata = full_run
+    path = os.path.join(output_dir, "dead_letter", "dead_letter.jsonl")
+    rows = [json.loads(line) for line in open(path, encoding="utf-8")]
+    assert metadata["dead_letter"]["count"] == len(rows) == 4
+    by_line = {row["line"]: row for row in rows}
+    assert {line: row["reason"] for line, row in by_line.items()} == {
+        31: "invalid_utf8", 33: "control_chars", 38: "malformed", 39: "malformed"}
+    assert by_line[31]["source_file"] == f"{corpus}/train.tsv"
+    assert by_line[31]["source"] == repr(b"bad \xff\xfe bytes")
+    assert by_line[31]["target"] == repr(b"kaputt")
+    assert by_line[38]["source"] == repr(b"no tab on this line") and by_line[38]["target"] is None
+
+
+def test_examples_read_back_with_tf_data_match_the_tokenizer(full_run):
+    output_dir, metadata = full_run
+    model = os.path.join(output_dir, metadata["tokenizer"]["path"])
+    ours = tokenizer_lib.Tokenizer.from_file(model)
+    in_graph = tokenizer_lib.tf_text_tokenizer(open(model, "rb").read())
+    examples = read_split(output_dir, "train")
+    assert len(examples) == metadata["splits"]["train"]["written"]
+    texts = set()
+    for example in examples:
+        source = example[features.INPUTS_TEXT].decode()
+        target = example[features.TARGETS_TEXT].decode()
+        texts.add((source, target))
+        assert example[features.INPUTS].tolist() == ours.encode(source)
+        assert example[features.TARGETS].tolist() == ours.encode(target)
+        assert example[features.INPUTS][:-1].tolist() == in_graph.tokenize(source).numpy().tolist()
+        assert example[features.ID].decode() == features.fingerprint(source, target)
+        assert len(example[features.INPUTS]) <= metadata["max_length"]
+    assert ("carriage return", "Wagen Rücklauf") in texts
+    assert ("Quit", "Beenden") in texts  # context stripped from the .mo entry
+    assert not any(source.lower().strip() == "save the document" for source, _ in texts)
+
+
+def test_metadata_contract(full_run, corpus):
+    output_dir, metadata = full_run
+    tokenizer = metadata["tokenizer"]
+    model_path = os.path.join(output_dir, tokenizer["path"])
+    assert tokenizer["path"] == "spm.model" and tokenizer["shared"] is True
+    assert tokenizer["sha256"] == tokenizer_lib.sha256_of_file(model_path)
+    assert tokenizer["model_type"] == "unigram" and tokenizer["trained"] is True
+    assert metadata["vocab_size"] == tokenizer_lib.Tokenizer.from_file(model_path).vocab_size
+    assert (metadata["pad_id"], metadata["eos_id"], metadata["unk_id"], metadata["bos_id"]) == (
+        0, 1, 2, 3)
+    assert metadata["max_length"] == 64
+    assert metadata["num_shards"] == {"train": 2, "dev": 2, "test": 2}
+    assert metadata["sources"] == {
+        "train": [f"tsv:{corpus}/train.tsv", f"gettext:{corpus}/app.mo"],
+        "dev": [f"tsv:{corpus}/dev.tsv"], "test": [f"tsv:{corpus}/test.tsv"]}
+    boundaries = metadata["bucket_boundaries"]
+    assert boundaries == sorted(boundaries) and boundaries[-1] <= 64
+    assert all(b % 8 == 0 for b in boundaries[:-1])
+    for split in ("train", "dev", "test"):
+        histogram = metadata["length_histogram"][split]
+        assert sum(histogram["inputs"]) == metadata["splits"][split]["written"]
+        assert sum(histogram["targets"]) == metadata["splits"][split]["written"]
+    assert sorted(os.listdir(output_dir)) == sorted(
+        ["_COMPLETED", "metadata.json", "spm.model", "dead_letter"]
+        + [f"{split}-0000{i}-of-00002.tfrecord" for split in ("train", "dev", "test")
+           for i in range(2)])
+    assert json.load(open(os.path.join(output_dir, "metadata.json"))) == metadata
+    summary = preprocess.format_summary(metadata)
+    assert "dropped.overlaps_eval" in summary and summary.splitlines()[0].split() == [
+        "train", "dev", "test"]
+
+
+def test_given_tokenizer_and_hash_carved_splits(corpus, tmp_path, tiny_model_path):
+    metadata = run_job(tmp_path, train=[f"tsv:{corpus}/train.tsv"],
+                       split_fractions={"dev": 0.2, "test": 0.2},
+                       tokenizer_model=tiny_model_path, num_shards=1)
+    model = open(tiny_model_path, "rb").read()
+    assert open(tmp_path / "spm.model", "rb").read() == model
+    assert metadata["tokenizer"]["trained"] is False
+    assert metadata["tokenizer"]["sha256"] == hashlib.sha256(model).hexdigest()
+    fractions = transforms.SplitFractions(dev=0.2, test=0.2)
+    total = 0
+    for split in ("train", "dev", "test"):
+        examples = read_split(str(tmp_path), split)
+        total += len(examples)
+        assert examples, split
+        for example in examples:
+            assert transforms.split_of(example[features.INPUTS_TEXT].decode(), fractions) == split
+    assert metadata["splits"]["train"]["dropped"]["overlaps_eval"] == 0  # impossible by hash
+    assert total == sum(counts["written"] for counts in metadata["splits"].values())
+
+
+def test_separate_vocabularies(corpus, tmp_path):
+    metadata = run_job(tmp_path, train=[f"tsv:{corpus}/train.tsv"], separate_vocabs=True,
+                       vocab_size=60, model_type="bpe", max_length=64, num_shards=1)
+    tokenizer = metadata["tokenizer"]
+    assert tokenizer["shared"] is False and tokenizer["model_type"] == "bpe"
+    assert (tokenizer["source"]["path"], tokenizer["target"]["path"]) == (
+        "spm_source.model", "spm_target.model")
+    source, target = tokenizer_lib.load_tokenizers(str(tmp_path), metadata)
+    assert source.sha256 != target.sha256
+    for example in read_split(str(tmp_path), "train")[:10]:
+        assert example["inputs"].tolist() == source.encode(example["inputs_text"].decode())
+        assert example["targets"].tolist() == target.encode(example["targets_text"].decode())
+
+
+def test_same_shards_whatever_the_worker_count(corpus, tmp_path, monkeypatch):
+    # Worker processes import `pipeline` from the repo even when it is not pip-installed.
+    monkeypatch.setenv("PYTHONPATH", os.pathsep.join(
+        filter(None, [REPO, os.environ.get("PYTHONPATH")])))
+    job = dict(train=[f"tsv:{corpus}/train.tsv"], dev=[f"tsv:{corpus}/dev.tsv"],
+               vocab_size=120, max_length=64, num_shards=3,
+               batch_size=4)  # ~10 batches, so both workers get some
+    one = run_job(tmp_path / "one", beam_args=["--direct_num_workers=1"], **job)
+    two = run_job(tmp_path / "two", beam_args=[
+        "--direct_num_workers=2", "--direct_running_mode=multi_processing"], **job)
+    assert one["splits"] == two["splits"]
+    assert one["tokenizer"]["sha256"] == two["tokenizer"]["sha256"]
+    first, second = shard_bytes(tmp_path / "one"), shard_bytes(tmp_path / "two")
+    assert len(first) == 6 and first == second  # 3 train + 3 dev shards
+
+
+def test_different_line_counts_fail_before_writing_anything(tmp_path):
+    (tmp_path / "src.txt").write_bytes(b"a\nb\nc\n")
+    (tmp_path / "tgt.txt").write_bytes(b"x\ny\n")
+    with pytest.raises(sources.SourceError, match=r"src.txt has 3 lines.*tgt.txt has 2 lines"):
+        run_job(tmp_path / "out", train=[f"text:{tmp_path}/src.txt,{tmp_path}/tgt.txt"])
+    assert not (tmp_path / "out").exists()
+
+
+def test_a_failure_inside_the_job_leaves_no_completed_marker(tmp_path, tiny_model_path):
+    (tmp_path / "src.txt").write_bytes(b"a\nb\n")
+    (tmp_path / "tgt.txt").write_bytes(b"x\ny\n")
+    pipeline = beam.Pipeline(options=preprocess.pipeline_options_from_argv([]))
+    preprocess.build_pipeline(pipeline, train=[f"text:{tmp_path}/src.txt,{tmp_path}/tgt.txt"],
+                              output_dir=str(tmp_path / "out"), tokenizer_model=tiny_model_path)
+    (tmp_path / "tgt.txt").write_bytes(b"x\n")  # the file changes after the driver's check
+    with pytest.raises(Exception) as error:
+        pipeline.run().wait_until_finish()
+    assert "differ in length" in preprocess._user_error_in(error.value)
+    assert not (tmp_path / "out" / features.COMPLETED_FILE).exists()
+
+
+def test_completed_output_is_refused_without_overwrite(corpus, tmp_path, tiny_model_path):
+    job = dict(train=[f"tsv:{corpus}/test.tsv"], tokenizer_model=tiny_model_path)
+    run_job(tmp_path, num_shards=3, **job)
+    (tmp_path / "notes.txt").write_text("not ours")
+    with pytest.raises(preprocess.PreprocessError, match="pass --overwrite"):
+        run_job(tmp_path, num_shards=1, **job)
+    assert len(glob.glob(str(tmp_path / "train-*"))) == 3
+    run_job(tmp_path, num_shards=1, overwrite=True, **job)
+    assert [os.path.basename(p) for p in glob.glob(str(tmp_path / "train-*"))] == [
+        "train-00000-of-00001.tfrecord"]
+    assert (tmp_path / "notes.txt").exists() and (tmp_path / features.COMPLETED_FILE).exists()
+
+
+def test_leftovers_of_an_unfinished_run_need_overwrite(corpus, tmp_path, tiny_model_path):
+    (tmp_path / "train-00000-of-00009.tfrecord").write_bytes(b"stale")
+    job = dict(train=[f"tsv:{corpus}/test.tsv"], tokenizer_model=tiny_model_path,
+               num_shards=1)
+    with pytest.raises(preprocess.PreprocessError, match="unfinished earlier run"):
+        run_job(tmp_path, **job)
+    run_job(tmp_path, overwrite=True, **job)
+    assert not (tmp_path / "train-00000-of-00009.tfrecord").exists()
+
+
+# --------------------------------------------------------------------------------------------
+# Command line
+
+
+def run_cli(argv, capsys):
+    """Runs main() in-process on a private FlagValues; returns (exit code, stdout, stderr)."""
+    flag_values = flags.FlagValues()
+    preprocess.define_flags(flag_values)
+    code = 0
+    try:
+        remaining = preprocess.parse_flags(["s2s-preprocess"] + argv, flag_values)
+        preprocess.main(remaining, flag_values)
+    except SystemExit as exit_:
+        code = exit_.code
+    captured = capsys.readouterr()
+    return code, captured.out, captured.err
+
+
+@pytest.mark.parametrize("argv, message", [
+    (["--train=tsv:/no/such.tsv", "--output_dir=OUT"], "no such file: /no/such.tsv"),
+    (["--train=xml:a.xml", "--output_dir=OUT"], "bad source spec 'xml:a.xml'"),
+    (["--train=cmudict", "--output_dir=OUT", "--split_fractions=dev:0.5,test:0.6"],
+     "leave nothing for train"),
+    (["--train=cmudict", "--output_dir=OUT", "--split_fractions=dev=0.1"], "bad --split_fractions"),
+    (["--train=cmudict", "--output_dir=OUT", "--vocab_size=abc"], "--vocab_size=abc"),
+    (["--train=cmudict", "--output_dir=OUT", "--vocab_sise=8000"], "unknown flag(s): --vocab_sise"),
+    (["--train=cmudict"], "--output_dir is required"),
+    (["--output_dir=OUT"], "--train is required"),
+])
+def test_cli_bad_input_is_one_error_line(argv, message, tmp_path, capsys):
+    argv = [arg.replace("OUT", str(tmp_path / "out")) for arg in argv]
+    code, _, err = run_cli(argv, capsys)
+    assert code == 1
+    assert err.count("\n") == 1 and err.startswith("s2s-preprocess: error: ")
+    assert message in err
+    assert not (tmp_path / "out").exists()
+
+
+def test_a_bad_input_found_inside_the_job_is_one_line_too(corpus, tmp_path, capsys):
+    code, _, err = run_cli([f"--train=tsv:{corpus}/test.tsv", f"--output_dir={tmp_path}",
+                            "--vocab_size=10"], capsys)
+    assert code == 1
+    assert err.count("\n") == 1 and "vocab_size 10 is too small" in err
+    assert "Traceback" not in err
+    assert not (tmp_path / features.COMPLETED_FILE).exists()
+
+
+def test_cli_runs_and_prints_a_summary_table(corpus, tmp_path, capsys, tiny_model_path):
+    code, out, _ = run_cli([f"--train=tsv:{corpus}/train.tsv", f"--output_dir={tmp_path}",
+                            f"--tokenizer_model={tiny_model_path}", "--max_length=64",
+                            "--num_shards=1", "--direct_num_workers=1"], capsys)
+    assert code == 0
+    rows = {line.split()[0]: line.split()[1:] for line in out.splitlines() if line.strip()}
+    assert rows["read"] == ["40"] and rows["dropped.invalid_utf8"] == ["1"]
+    assert f"wrote {tmp_path}" in out
+
+
+def test_console_script_fails_without_a_traceback(tmp_path):
+    env = dict(os.environ, PYTHONPATH=os.pathsep.join(
+        filter(None, [REPO, os.environ.get("PYTHONPATH")])))
+    result = subprocess.run(
+        [sys.executable, "-m", "pipeline.preprocess", "--train=tsv:/no/such.tsv",
+         f"--output_dir={tmp_path}/out"], capture_output=True, text=True, env=env, timeout=300)
+    assert result.returncode == 1
+    assert "Traceback" not in result.stderr
+    assert result.stderr.strip().splitlines()[-1] == (
+        "s2s-preprocess: error: tsv:/no/such.tsv: no such file: /no/such.tsv")
+
+
+def test_beam_pipeline_flags_pass_through():
+    flag_values = flags.FlagValues()
+    preprocess.define_flags(flag_values)
+    remaining = preprocess.parse_flags([
+        "s2s-preprocess", "--train=tsv:gs://bucket/train.tsv", "--output_dir=gs://bucket/out",
+        "--runner=DataflowRunner", "--project", "my-project", "--region=europe-west4",
+        "--temp_location=gs://bucket/tmp", "--setup_file=./setup.py", "--num_workers=8",
+        "--vocab_size=16000"], flag_values)
+    assert flag_values.vocab_size == 16000 and flag_values.train == ["tsv:gs://bucket/train.tsv"]
+    options = preprocess.pipeline_options_from_argv(remaining[1:])
+    cloud = options.view_as(GoogleCloudOptions)
+    assert (cloud.project, cloud.region, cloud.temp_location) == (
+        "my-project", "europe-west4", "gs://bucket/tmp")
+    assert options.view_as(StandardOptions).runner == "DataflowRunner"
+    assert options.view_as(SetupOptions).setup_file == "./setup.py"
+    local = preprocess.pipeline_options_from_argv(["--direct_num_workers=2"])
+    assert local.view_as(StandardOptions).runner == preprocess.DEFAULT_LOCAL_RUNNER
+    assert local.view_as(DirectOptions).direct_num_workers == 2
