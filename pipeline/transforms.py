@@ -531,17 +531,22 @@ def merge_counts(dicts) -> dict:
     return dict(total)
 
 
-def suggest_bucket_boundaries(length_counts: Mapping[int, int], *, max_length: int,
-                              multiple: int = 8) -> list:
+def boundary_granularity(length: int) -> int:
+    """Rounding step for a bucket boundary: fine for short sequences, where one extra
+    position is a large share of the padding, coarse (8) for long, hardware-friendly ones."""
+    return 2 if length <= 16 else 4 if length <= 32 else 8
+
+
+def suggest_bucket_boundaries(length_counts: Mapping[int, int], *, max_length: int) -> list:
     """Bucket upper bounds (inclusive) from quantiles of max(input, target) length.
 
-    Quantiles every 10% plus 95% and 99% and the maximum, each rounded up to a multiple of
-    `multiple` (hardware-friendly shapes) and capped at max_length: padding stays low while
-    the number of compiled shapes stays small.
+    Quantiles every 10% plus 95% and 99% and the maximum, each rounded up by
+    `boundary_granularity` and capped at max_length: padding stays low while the number
+    of compiled shapes stays small.
     """
     total = sum(length_counts.values())
     if not total:
-        return [min(multiple, max_length)]
+        return [min(8, max_length)]
     quantiles = [q / 10 for q in range(1, 10)] + [0.95, 0.99, 1.0]
     lengths = sorted(length_counts.items())
     boundaries, seen, position = [], 0, 0
@@ -551,7 +556,8 @@ def suggest_bucket_boundaries(length_counts: Mapping[int, int], *, max_length: i
             seen += lengths[position][1]
             position += 1
         length = lengths[max(position - 1, 0)][0]
-        rounded = min(max_length, -(-length // multiple) * multiple)
+        step = boundary_granularity(length)
+        rounded = min(max_length, -(-length // step) * step)
         if not boundaries or rounded > boundaries[-1]:
             boundaries.append(rounded)
     return boundaries

@@ -265,11 +265,12 @@ def test_bucket_boundaries_from_length_quantiles():
     lengths = {3: 50, 9: 30, 17: 15, 40: 4, 300: 1}
     boundaries = transforms.suggest_bucket_boundaries(lengths, max_length=256)
     assert boundaries == sorted(set(boundaries))
-    assert all(b % 8 == 0 for b in boundaries[:-1])
-    assert boundaries[0] == 8 and boundaries[-1] == 256
+    # 10%..50% -> 3 (rounded to 4), 60%..80% -> 9 (10), 90% -> 17 (20), 95%, 99% -> 40, max.
+    assert boundaries == [4, 10, 20, 40, 256]
     assert transforms.suggest_bucket_boundaries({}, max_length=64) == [8]
-    assert transforms.suggest_bucket_boundaries({5: 10}, max_length=100) == [8]
+    assert transforms.suggest_bucket_boundaries({5: 10}, max_length=100) == [6]
     assert transforms.suggest_bucket_boundaries({99: 1}, max_length=100) == [100]
+    assert [transforms.boundary_granularity(n) for n in (7, 16, 17, 32, 33)] == [2, 2, 4, 4, 8]
 
 
 def test_length_histogram_buckets_of_eight():
