@@ -11,14 +11,13 @@ import time
 
 import numpy as np
 import sacrebleu
-import sentencepiece as spm
 import tensorflow as tf
 from absl import logging
 
 import models
 from launch import checkpoints, export
 from models import decoding
-from pipeline import dataset, features
+from pipeline import dataset, features, tokenizer
 
 METRICS_FILE = "metrics.jsonl"
 EXAMPLES = 8  # (source, reference, hypothesis) triples returned for the console
@@ -34,8 +33,8 @@ class Run:
     config: object
     metadata: dict
     model: object
-    tokenizer_model: bytes
-    processor: spm.SentencePieceProcessor
+    source_tokenizer: tokenizer.Tokenizer
+    target_tokenizer: tokenizer.Tokenizer
 
 
 def load_run(*, workdir: str, data_dir: str) -> Run:
@@ -56,16 +55,17 @@ def load_run(*, workdir: str, data_dir: str) -> Run:
         raise EvaluationError(
             f"{data_dir} uses tokenizer sha256 {metadata['tokenizer']['sha256'][:12]}... but "
             f"{workdir} was trained with {trained_sha[:12]}...: ids would not match")
-    with tf.io.gfile.GFile(os.path.join(data_dir, metadata["tokenizer"]["path"]), "rb") as f:
-        tokenizer_model = f.read()
+    try:
+        source_tokenizer, target_tokenizer = tokenizer.load_tokenizers(data_dir, metadata)
+    except tokenizer.TokenizerError as error:
+        raise EvaluationError(str(error)) from error
     model = models.build_model(config.model, vocab_size=config.data.vocab_size,
                                pad_id=config.data.pad_id, eos_id=config.data.eos_id,
                                bos_id=config.data.bos_id)
     dummy = tf.fill([1, 2], config.data.eos_id)
     model({features.INPUTS: dummy, features.TARGETS: dummy})
     return Run(config=config, metadata=metadata, model=model,
-               tokenizer_model=tokenizer_model,
-               processor=spm.SentencePieceProcessor(model_proto=tokenizer_model))
+               source_tokenizer=source_tokenizer, target_tokenizer=target_tokenizer)
 
 
 def restore(run: Run, paths: list[str]) -> None:
@@ -116,24 +116,12 @@ def decode_split(run: Run, *, split: str, beam_size: int, alpha: float,
             inputs = np.pad(inputs, [[0, batch_size - real], [0, 0]])
             inputs[real:, 0] = run.config.data.eos_id
         tokens = search(tf.constant(inputs)).numpy()[:real]
-        hypotheses.extend(run.processor.decode(strip_special(row, run.config.data))
-                          for row in tokens)
+        hypotheses.extend(run.target_tokenizer.detokenize(row) for row in tokens)
         sources.extend(t.decode() for t in batch[features.INPUTS_TEXT].numpy())
         references.extend(t.decode() for t in batch[features.TARGETS_TEXT].numpy())
         done += real
         logging.info("decoded %d sentences (%.1f/s)", done, done / (time.perf_counter() - began))
     return sources, references, hypotheses
-
-
-def strip_special(ids, data_config) -> list[int]:
-    """Token ids up to (not including) the first EOS, without padding."""
-    out = []
-    for token in ids.tolist():
-        if token == data_config.eos_id:
-            break
-        if token != data_config.pad_id:
-            out.append(token)
-    return out
 
 
 def edit_distance(a: list[str], b: list[str]) -> int:
@@ -224,7 +212,8 @@ def evaluate_checkpoint(run: Run, path: str, *, workdir: str, data_dir: str, spl
         if average_last > 1:
             restore(run, recent_checkpoints(workdir, upto=path, count=average_last))
         export.export_saved_model(
-            run.model, tokenizer_model=run.tokenizer_model,
+            run.model, source_model=run.source_tokenizer.model,
+            target_model=run.target_tokenizer.model,
             export_dir=os.path.join(workdir, "export", "best"), beam_size=beam_size,
             alpha=alpha, max_input_length=max(run.config.data.bucket_boundaries),
             max_decode_length=max_decode_length(run),
@@ -297,7 +286,8 @@ def export_checkpoint(*, workdir: str, data_dir: str, export_dir: str, checkpoin
         raise EvaluationError(f"{workdir} holds no checkpoint to export")
     restore(run, recent_checkpoints(workdir, upto=path, count=average_last))
     return export.export_saved_model(
-        run.model, tokenizer_model=run.tokenizer_model, export_dir=export_dir,
+        run.model, source_model=run.source_tokenizer.model,
+        target_model=run.target_tokenizer.model, export_dir=export_dir,
         beam_size=beam_size or run.config.decode.beam_size,
         alpha=run.config.decode.alpha if alpha is None else alpha,
         max_input_length=max(run.config.data.bucket_boundaries),

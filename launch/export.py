@@ -22,11 +22,13 @@ MANIFEST = "s2s_export.json"  # marks a directory as one of our exports
 class Translator(tf.Module):
     """Wraps a trained model and its tokenizer behind one string-to-string function."""
 
-    def __init__(self, model, *, tokenizer_model: bytes, beam_size: int, alpha: float,
-                 max_input_length: int, max_decode_length: int):
+    def __init__(self, model, *, source_model: bytes, target_model: bytes, beam_size: int,
+                 alpha: float, max_input_length: int, max_decode_length: int):
         super().__init__()
         self.model = model
-        self.tokenizer = tf_text.SentencepieceTokenizer(model=tokenizer_model)
+        self.source_tokenizer = tf_text.SentencepieceTokenizer(model=source_model)
+        self.target_tokenizer = (self.source_tokenizer if target_model == source_model
+                                 else tf_text.SentencepieceTokenizer(model=target_model))
         self.beam_size, self.alpha = int(beam_size), float(alpha)
         self.max_input_length = int(max_input_length)
         self.max_decode_length = int(max_decode_length)
@@ -35,7 +37,7 @@ class Translator(tf.Module):
     def translate(self, texts):
         """texts: [batch] string -> {"translations": [batch] string, "scores": [batch]}."""
         config = self.model.config
-        pieces = self.tokenizer.tokenize(texts)[:, : self.max_input_length - 1]
+        pieces = self.source_tokenizer.tokenize(texts)[:, : self.max_input_length - 1]
         eos = tf.fill([pieces.nrows(), 1], tf.cast(config.eos_id, pieces.dtype))
         ids = tf.concat([pieces, eos], axis=1).to_tensor(default_value=config.pad_id)
         tokens, scores = decoding.beam_search(
@@ -43,15 +45,16 @@ class Translator(tf.Module):
             max_decode_length=self.max_decode_length)
         keep = tf.logical_and(tokens != config.pad_id, tokens != config.eos_id)
         ragged = tf.ragged.boolean_mask(tokens, keep)
-        return {"translations": self.tokenizer.detokenize(ragged), "scores": scores}
+        return {"translations": self.target_tokenizer.detokenize(ragged), "scores": scores}
 
 
-def export_saved_model(model, *, tokenizer_model: bytes, export_dir: str, beam_size: int,
-                       alpha: float, max_input_length: int, max_decode_length: int,
-                       info: dict | None = None) -> str:
+def export_saved_model(model, *, source_model: bytes, target_model: bytes, export_dir: str,
+                       beam_size: int, alpha: float, max_input_length: int,
+                       max_decode_length: int, info: dict | None = None) -> str:
     """Writes the SavedModel to a temp dir, then swaps it in: readers never see half."""
-    translator = Translator(model, tokenizer_model=tokenizer_model, beam_size=beam_size,
-                            alpha=alpha, max_input_length=max_input_length,
+    translator = Translator(model, source_model=source_model, target_model=target_model,
+                            beam_size=beam_size, alpha=alpha,
+                            max_input_length=max_input_length,
                             max_decode_length=max_decode_length)
     tmp = f"{export_dir.rstrip('/')}.tmp-{os.getpid()}"
     if tf.io.gfile.exists(tmp):

@@ -155,3 +155,19 @@ def test_refuses_data_dir_without_completed_marker(data_dir, tmp_path):
         trainer.train(tiny_config(), workdir=str(tmp_path / "work"), data_dir=incomplete,
                       strategy=tf.distribute.get_strategy())
     assert not (tmp_path / "work").exists()
+
+
+def test_lstm_attention_trains_through_the_same_loop(data_dir, tmp_path):
+    from configs import lstm_attention
+    config = lstm_attention.get_config()
+    config.model.embed_dim, config.model.hidden_dim = 16, 32
+    config.model.num_encoder_layers = config.model.num_decoder_layers = 1
+    config.data.tokens_per_batch = 256
+    config.train.num_steps, config.train.steps_per_loop = 40, 10
+    config.optimizer.learning_rate, config.optimizer.warmup_steps = 1e-2, 5
+    history = trainer.train(config, workdir=str(tmp_path), data_dir=data_dir,
+                            strategy=tf.distribute.get_strategy())
+    assert len(history) == 40 and all(s.finite for s in history)
+    assert mean_loss(history[-5:]) < 0.8 * mean_loss(history[:5])
+    saved = json.loads((tmp_path / "config.json").read_text())
+    assert saved["model"]["name"] == "lstm_attention"

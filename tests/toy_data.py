@@ -68,7 +68,9 @@ def make_toy_data_dir(output_dir: str, *, num_train: int = 512, num_dev: int = 3
     metadata = {
         "splits": splits,
         "tokenizer": {"path": "spm.model", "sha256": sha256, "model_type": "char",
-                      "shared": True},
+                      "shared": True,
+                      "source": {"path": "spm.model", "sha256": sha256},
+                      "target": {"path": "spm.model", "sha256": sha256}},
         "vocab_size": processor.get_piece_size(),
         "pad_id": features.PAD_ID, "eos_id": features.EOS_ID,
         "unk_id": features.UNK_ID, "bos_id": features.BOS_ID,

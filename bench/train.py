@@ -1,0 +1,179 @@
+"""Training throughput of the bench config: our custom loop vs Keras model.fit.
+
+Prints one JSON line: real (non-pad) source+target tokens/s of the trainer's loop in
+steady state, step time, padding ratio, model FLOP utilisation against an fp32 matmul
+peak measured in the same run, and the same model trained with model.fit on the same
+batches as the naive baseline.
+
+    python bench/train.py [--data_dir=PREPROCESSED] [--steps=150]
+
+Without --data_dir it preprocesses ../shared/data/gettext-en-de (8k shared vocabulary)
+into a cache directory first (not timed).
+"""
+
+import argparse
+import json
+import os
+import subprocess
+import sys
+import tempfile
+import time
+
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+sys.path.insert(0, REPO)
+
+import keras  # noqa: E402
+import numpy as np  # noqa: E402
+import tensorflow as tf  # noqa: E402
+
+import models  # noqa: E402
+from configs import bench as bench_config  # noqa: E402
+from launch import trainer  # noqa: E402
+from models import losses  # noqa: E402
+from pipeline import dataset, features  # noqa: E402
+
+SHARED = os.path.join(os.path.dirname(REPO), "shared", "data", "gettext-en-de")
+
+
+def preprocess_shared(cache_dir: str) -> str:
+    """The gettext en->de corpus preprocessed once (reused while _COMPLETED is there)."""
+    output = os.path.join(cache_dir, "gettext-en-de-8k")
+    if os.path.exists(os.path.join(output, features.COMPLETED_FILE)):
+        return output
+    subprocess.run([sys.executable, "-m", "pipeline.preprocess",
+                    f"--train=tsv:{SHARED}/train.tsv", f"--dev=tsv:{SHARED}/dev.tsv",
+                    f"--test=tsv:{SHARED}/test.tsv", "--vocab_size=8000",
+                    f"--output_dir={output}", "--overwrite"],
+                   check=True, cwd=REPO, env=dict(os.environ, PYTHONPATH=REPO),
+                   stdout=subprocess.DEVNULL)
+    return output
+
+
+def matmul_peak_gflops(size: int = 2048, repeats: int = 10) -> float:
+    """Best fp32 matmul rate of this machine, measured now (the MFU denominator)."""
+    a = tf.random.normal([size, size])
+    b = tf.random.normal([size, size])
+    matmul = tf.function(lambda x, y: tf.matmul(x, y))
+    matmul(a, b).numpy()
+    best = float("inf")
+    for _ in range(repeats):
+        began = time.perf_counter()
+        matmul(a, b).numpy()
+        best = min(best, time.perf_counter() - began)
+    return 2 * size ** 3 / best / 1e9
+
+
+def flops_per_token(config, vocab_size: int) -> tuple[float, float]:
+    """Training FLOPs per source and per target token: 6 x weight multiply-adds.
+
+    Encoder layer weights per source token; decoder layer weights (self + cross
+    attention, FFN) plus the output projection per target token. Attention score and
+    context products are left out, so the MFU figure is a slight underestimate.
+    """
+    d, f = config.d_model, config.ffn_dim
+    encoder_layer = 4 * d * d + 2 * d * f
+    decoder_layer = 8 * d * d + 2 * d * f
+    per_source = 6 * config.num_encoder_layers * encoder_layer
+    per_target = 6 * (config.num_decoder_layers * decoder_layer + d * vocab_size)
+    return float(per_source), float(per_target)
+
+
+def time_custom_loop(config, data_dir: str, *, steps: int, warmup: int):
+    run = trainer.Trainer(config, data_dir=data_dir, strategy=tf.distribute.get_strategy(),
+                          worker_index=0, num_workers=1)
+    run.run_loop(warmup)  # traces every bucket shape that shows up
+    began = time.perf_counter()
+    stats = run.run_loop(steps)
+    seconds = time.perf_counter() - began
+    return stats, seconds
+
+
+class _BatchTimer(keras.callbacks.Callback):
+    def __init__(self, warmup: int):
+        super().__init__()
+        self.warmup, self.began, self.ended = warmup, None, None
+
+    def on_train_batch_begin(self, batch, logs=None):
+        if batch == self.warmup:
+            self.began = time.perf_counter()
+
+    def on_train_end(self, logs=None):
+        self.ended = time.perf_counter()
+
+
+def time_model_fit(config, data_dir: str, *, steps: int, warmup: int) -> tuple[float, int]:
+    """The naive baseline: model.compile + model.fit over the same bucketed batches."""
+    model = models.build_model(config.model, vocab_size=config.data.vocab_size,
+                               pad_id=config.data.pad_id, eos_id=config.data.eos_id,
+                               bos_id=config.data.bos_id)
+
+    def loss(targets, logits):
+        total, count = losses.cross_entropy_sums(logits, targets, pad_id=config.data.pad_id,
+                                                 label_smoothing=config.train.label_smoothing)
+        return total / tf.maximum(count, 1.0)
+
+    model.compile(optimizer=keras.optimizers.Adam(1e-3), loss=loss)
+    batches = dataset.make_train_dataset(
+        data_dir=data_dir, split="train", boundaries=config.data.bucket_boundaries,
+        tokens_per_batch=config.data.tokens_per_batch, seed=config.train.seed,
+        shuffle_buffer=config.data.shuffle_buffer)
+    pairs = batches.map(lambda batch: (batch, batch[features.TARGETS]))
+    timer = _BatchTimer(warmup)
+    model.fit(pairs, steps_per_epoch=warmup + steps, epochs=1, verbose=0, callbacks=[timer])
+    tokens = 0
+    for batch in batches.skip(warmup).take(steps):
+        for key in (features.INPUTS, features.TARGETS):
+            tokens += int(np.sum(batch[key].numpy() != config.data.pad_id))
+    return timer.ended - timer.began, tokens
+
+
+def main():
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--data_dir", help="s2s-preprocess output; default: preprocess the "
+                        "shared gettext en-de corpus")
+    parser.add_argument("--cache_dir", default=os.path.join(tempfile.gettempdir(), "s2s-bench"))
+    parser.add_argument("--steps", type=int, default=150, help="timed steps")
+    parser.add_argument("--warmup", type=int, default=50, help="untimed steps first")
+    parser.add_argument("--skip_fit", action="store_true", help="skip the model.fit baseline")
+    args = parser.parse_args()
+
+    data_dir = args.data_dir or preprocess_shared(args.cache_dir)
+    config = trainer.resolve_config(bench_config.get_config(), dataset.load_metadata(data_dir))
+    keras.utils.set_random_seed(0)
+    peak = matmul_peak_gflops()
+
+    stats, seconds = time_custom_loop(config, data_dir, steps=args.steps, warmup=args.warmup)
+    source = sum(s.source_tokens for s in stats)
+    target = sum(s.target_tokens for s in stats)
+    padded = sum(s.padded_positions for s in stats)
+    per_source, per_target = flops_per_token(config.model, config.data.vocab_size)
+    achieved = (per_source * source + per_target * target) / seconds / 1e9
+    result = {
+        "bench": "train",
+        "tokens_per_s": round((source + target) / seconds, 1),
+        "step_time_s": round(seconds / args.steps, 4),
+        "padding_ratio": round(1 - (source + target) / padded, 4),
+        "model_gflops_per_s": round(achieved, 2),
+        "peak_gflops": round(peak, 1),
+        "mfu": round(achieved / peak, 4),
+    }
+    if not args.skip_fit:
+        fit_seconds, fit_tokens = time_model_fit(config, data_dir, steps=args.steps,
+                                                 warmup=args.warmup)
+        result["fit_tokens_per_s"] = round(fit_tokens / fit_seconds, 1)
+        result["speedup_vs_fit"] = round(result["tokens_per_s"] / result["fit_tokens_per_s"], 3)
+    result["settings"] = {
+        "data_dir": data_dir, "steps": args.steps, "warmup": args.warmup,
+        "model": "transformer 3+3, d_model 128, 4 heads, ffn 512",
+        "vocab_size": config.data.vocab_size,
+        "tokens_per_batch": config.data.tokens_per_batch,
+        "bucket_boundaries": list(config.data.bucket_boundaries),
+        "tokens": "real (non-pad) source + target tokens",
+        "flops": "6 x weight multiply-adds per token (attention products excluded)",
+        "cpus": os.cpu_count(), "tensorflow": tf.__version__,
+    }
+    print(json.dumps(result))
+
+
+if __name__ == "__main__":
+    main()
