@@ -81,7 +81,7 @@ def restore(run: Run, paths: list[str]) -> None:
         values = [v.numpy().astype(np.float64) for v in run.model.weights]
         total = values if total is None else [t + v for t, v in zip(total, values)]
     for variable, value in zip(run.model.weights, total):
-        variable.assign((value / len(paths)).astype(variable.dtype.as_numpy_dtype))
+        variable.assign(np.asarray(value / len(paths), dtype=variable.dtype))
 
 
 def max_decode_length(run: Run) -> int:

@@ -6,6 +6,7 @@ import shutil
 import subprocess
 import sys
 
+import numpy as np
 import pytest
 import sacrebleu
 import tensorflow as tf
@@ -98,6 +99,21 @@ def test_watch_survives_a_checkpoint_deleted_before_it_is_read(trained, tmp_path
                               timeout=1)
     assert rows == []
     assert not os.path.exists(os.path.join(workdir, "eval", "dev", evaluator.METRICS_FILE))
+
+
+def test_average_of_checkpoints_is_the_mean_of_their_weights(trained):
+    data_dir, workdir = trained
+    run = evaluator.load_run(workdir=workdir, data_dir=data_dir)
+    paths = evaluator.recent_checkpoints(workdir, upto=os.path.join(
+        workdir, "checkpoints", "ckpt-400"), count=2)
+    assert [evaluator.checkpoint_step(p) for p in paths] == [200, 400]
+    evaluator.restore(run, paths)
+    readers = [tf.train.load_checkpoint(p) for p in paths]
+    for index, variable in enumerate(run.model.weights[:5]):
+        key = f"model/{index:05d}/.ATTRIBUTES/VARIABLE_VALUE"
+        mean = (readers[0].get_tensor(key) + readers[1].get_tensor(key)) / 2
+        np.testing.assert_allclose(variable.numpy(), mean, rtol=1e-6)
+        assert not np.allclose(readers[0].get_tensor(key), readers[1].get_tensor(key))
 
 
 def test_bad_inputs_are_clear_errors(trained, tmp_path):

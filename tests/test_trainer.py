@@ -48,7 +48,11 @@ def test_tiny_config_loss_falls(data_dir, tmp_path):
     assert saved["data"]["vocab_size"] == 21
     assert saved["data"]["bucket_boundaries"] == [8, 16]
     assert tf.train.latest_checkpoint(str(tmp_path / "checkpoints")).endswith("ckpt-150")
-    assert tf.io.gfile.glob(str(tmp_path / "train" / "events.out.tfevents.*"))
+    tags = set()
+    for path in tf.io.gfile.glob(str(tmp_path / "train" / "events.out.tfevents.*")):
+        for event in tf.compat.v1.train.summary_iterator(path):
+            tags.update(value.tag for value in event.summary.value)
+    assert {"loss", "learning_rate", "tokens_per_s", "grad_norm", "step_time"} <= tags
 
 
 def test_train_step_compiles_with_xla_and_matches_eager(data_dir, tmp_path):
@@ -171,3 +175,21 @@ def test_lstm_attention_trains_through_the_same_loop(data_dir, tmp_path):
     assert mean_loss(history[-5:]) < 0.8 * mean_loss(history[:5])
     saved = json.loads((tmp_path / "config.json").read_text())
     assert saved["model"]["name"] == "lstm_attention"
+
+
+def test_gradient_accumulation_takes_k_batches_per_optimizer_step(data_dir):
+    config = trainer.resolve_config(tiny_config(grad_accum_steps=2),
+                                    dataset.load_metadata(data_dir))
+    run = trainer.Trainer(config, data_dir=data_dir, strategy=tf.distribute.get_strategy(),
+                          worker_index=0, num_workers=1)
+    stats = run.run_loop(3)
+    assert int(run.step.numpy()) == int(run.optimizer.iterations.numpy()) == 3
+    batches = iter(dataset.make_train_dataset(
+        data_dir=data_dir, split="train", boundaries=config.data.bucket_boundaries,
+        tokens_per_batch=config.data.tokens_per_batch, shuffle_buffer=config.data.shuffle_buffer,
+        seed=config.train.seed))
+    expected = []
+    for _ in range(3):
+        micro = [next(batches)["targets"].numpy() for _ in range(2)]
+        expected.append(float(sum((m != 0).sum() for m in micro)))
+    assert [s.target_tokens for s in stats] == expected

@@ -49,6 +49,18 @@ def evaluate_command(*, workdir: str, data_dir: str, split: str, watch: bool = F
     return argv
 
 
+def wait_for_file_command(path: str, *, timeout: float) -> list[str]:
+    """Blocks until `path` exists: an evaluator started beside the trainer waits for it."""
+    return ["python", "-m", "launch.cloud.files", "wait", path, f"--timeout={timeout:g}"]
+
+
+def watch_command(*, workdir: str, data_dir: str, timeout: float) -> list[str]:
+    """The evaluator beside training: wait for the trainer's config.json, then follow dev."""
+    return chain([wait_for_file_command(f"{workdir.rstrip('/')}/config.json", timeout=timeout),
+                  evaluate_command(workdir=workdir, data_dir=data_dir, split="dev", watch=True,
+                                   timeout=timeout)])
+
+
 def final_evaluation_command(*, workdir: str, data_dir: str) -> list[str]:
     """After training: score dev (exports the best) and then test, in one container."""
     return chain([evaluate_command(workdir=workdir, data_dir=data_dir, split="dev"),

@@ -24,6 +24,8 @@ INDEX_VARIABLE = "JOB_COMPLETION_INDEX"
 def worker_environment(environ: dict, *, job_name: str, service: str, replicas: int,
                        port: int) -> dict:
     """A copy of `environ` with TF_CONFIG for this pod (none for a single worker)."""
+    if replicas < 1:
+        raise cli.LaunchError(f"--replicas={replicas} must be at least 1")
     raw = environ.get(INDEX_VARIABLE)
     if raw is None or not raw.isdigit():
         raise cli.LaunchError(f"{INDEX_VARIABLE} is {raw!r}: run this inside an Indexed Job "
@@ -62,18 +64,28 @@ def run_forwarding_signals(argv: Sequence[str], *, env: dict) -> int:
 def parse_args(argv: Sequence[str]):
     parser = cli.ArgumentParser(prog="python -m launch.cloud.k8s_worker",
                                 description=__doc__.split("\n")[0])
-    parser.add_argument("--job_name", required=True, help="The Indexed Job's metadata.name.")
-    parser.add_argument("--service", required=True, help="The headless Service's name.")
-    parser.add_argument("--replicas", type=int, required=True, help="The Job's completions.")
+    parser.add_argument("--job_name", help="The Indexed Job's metadata.name.")
+    parser.add_argument("--service", help="The headless Service's name.")
+    parser.add_argument("--replicas", type=int, help="The Job's completions.")
     parser.add_argument("--port", type=int, default=tf_config.DEFAULT_PORT)
+    parser.add_argument("--keep_tf_config", action="store_true",
+                        help="TF_CONFIG comes from an operator (Kubeflow TFJob): only forward "
+                             "signals and report preemption.")
     parser.add_argument("command", nargs="+", help="The command to run, after `--`.")
-    return parser.parse_args(argv)
+    args = parser.parse_args(argv)
+    if not args.keep_tf_config and not (args.job_name and args.service and args.replicas):
+        parser.error("--job_name, --service and --replicas are required without "
+                     "--keep_tf_config")
+    return args
 
 
 def main(argv: Sequence[str]) -> None:
     args = parse_args(argv)
-    env = worker_environment(os.environ, job_name=args.job_name, service=args.service,
-                             replicas=args.replicas, port=args.port)
+    if args.keep_tf_config:
+        env = dict(os.environ)
+    else:
+        env = worker_environment(os.environ, job_name=args.job_name, service=args.service,
+                                 replicas=args.replicas, port=args.port)
     print(f"k8s_worker: TF_CONFIG={env.get('TF_CONFIG', '(single worker: none)')}",
           file=sys.stderr, flush=True)
     sys.exit(run_forwarding_signals(args.command, env=env))
