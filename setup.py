@@ -40,6 +40,10 @@ setup(
     entry_points={
         "console_scripts": [
             "s2s-preprocess=pipeline.preprocess:run",
+            "s2s-train=launch.train:run",
+            "s2s-evaluate=launch.evaluate:run",
+            "s2s-export=launch.export:run",
+            "s2s-translate=launch.translate:run",
         ],
     },
 )
