@@ -7,7 +7,7 @@ DEMO_DIR ?= demo_run
 DEMO_STEPS ?= 2400
 BIN := $(VENV)/bin
 
-.PHONY: setup demo test bench clean
+.PHONY: setup demo test image clean
 
 setup: $(STAMP)
 
@@ -33,6 +33,11 @@ demo: $(STAMP)
 	@echo
 	@echo "SavedModel: $(DEMO_DIR)/work/export/best   Try it:"
 	@echo "  echo 'p i p e l i n e' | $(BIN)/s2s-translate --model=$(DEMO_DIR)/work/export/best"
+
+# The one image every cloud launcher runs (README: Launching on Google Cloud).
+IMAGE ?= s2s-pipeline:dev
+image:
+	docker build -t $(IMAGE) .
 
 clean:
 	rm -rf $(VENV) $(DEMO_DIR) .pytest_cache

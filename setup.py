@@ -21,7 +21,15 @@ PREPROCESS = [
     "google-cloud-storage>=2.18",
 ]
 EVALUATE = ["sacrebleu>=2.4,<3"]
-TEST = ["pytest>=8"]
+# launch/cloud: publishing to GCS and the manifests / job specs it prints (in the image).
+CLOUD = ["google-cloud-storage>=2.18", "PyYAML>=6"]
+# Authoring the retraining DAG and pipeline (Airflow, Kubeflow); not needed in the image.
+ORCHESTRATE = [
+    "apache-airflow>=3.3,<4",
+    "apache-airflow-providers-cncf-kubernetes>=10.5",
+    "kfp>=2.16,<3",
+]
+TEST = ["pytest>=8", "gcp-storage-emulator>=2026.7"]
 
 setup(
     name="s2s-pipeline",
@@ -29,13 +37,16 @@ setup(
     description="Distributed TPU/GPU training pipeline for sequence-to-sequence models in TensorFlow.",
     python_requires=">=3.10",
     packages=find_packages(include=["pipeline", "models", "launch", "launch.*", "configs"]),
+    package_data={"launch.cloud": ["k8s/*.yaml", "retrain.example.json"]},
     install_requires=CORE,
     extras_require={
         "preprocess": PREPROCESS,
         "evaluate": EVALUATE,
         "dataflow": ["apache-beam[gcp]>=2.60,<3"],
+        "cloud": CLOUD,
+        "orchestrate": ORCHESTRATE,
         "test": TEST,
-        "all": PREPROCESS + EVALUATE + TEST,
+        "all": PREPROCESS + EVALUATE + CLOUD + ORCHESTRATE + TEST,
     },
     entry_points={
         "console_scripts": [

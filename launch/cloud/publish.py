@@ -1,0 +1,273 @@
+"""Publish a trained model only if it beats the published one; move `latest.json` atomically.
+
+    python -m launch.cloud.publish --workdir=gs://B/runs/X/work --data_dir=gs://B/runs/X/data \
+        --bucket=my-models --prefix=ende
+
+Layout under gs://BUCKET/PREFIX/:
+    latest.json                       the pointer: version, model_dir, metrics, date
+    models/<version>/saved_model/     WORKDIR/export/best (the best dev checkpoint)
+    models/<version>/metrics.json     dev (and test) rows of metrics.jsonl at that step
+    models/<version>/MODEL_CARD.md    data, configuration, metrics + sacreBLEU signature
+
+The pointer is replaced with an `if_generation_match` precondition on the generation that
+was read and compared against. If another publisher moved it in between, the write fails
+(HTTP 412); this one re-reads and compares again, and either retries or, when the other
+model is at least as good, deletes its own upload and stops cleanly. A version directory
+is complete before any pointer names it.
+"""
+
+import dataclasses
+import datetime
+import json
+import sys
+import uuid
+from typing import Sequence
+
+from launch.cloud import cli, files, model_card
+
+PROG = "python -m launch.cloud.publish"
+POINTER = "latest.json"
+EXPORT_MANIFEST = "s2s_export.json"  # launch/export.py writes it into every export
+METRICS = ("bleu", "chrf", "wer", "per")
+LOWER_IS_BETTER = ("wer", "per")
+
+
+class PublishError(cli.LaunchError):
+    """The workdir or the published pointer is not in a state we can publish from."""
+
+
+@dataclasses.dataclass(frozen=True)
+class Candidate:
+    """A trained run: its best dev export and the metrics measured at that step."""
+    workdir: str
+    data_dir: str
+    export_dir: str
+    metrics: dict  # split -> metrics.jsonl row; "dev" always present
+    config: dict
+    metadata: dict | None
+
+
+@dataclasses.dataclass(frozen=True)
+class Pointer:
+    record: dict | None  # None: nothing published yet
+    generation: int  # the object generation read; 0 means "must not exist yet"
+
+
+@dataclasses.dataclass(frozen=True)
+class Outcome:
+    status: str  # "published" | "kept" (not better) | "lost" (a better one landed first)
+    score: float
+    published: dict | None  # the pointer record in force afterwards
+
+
+def read_json(path: str, *, what: str):
+    try:
+        return json.loads(files.read_text(path))
+    except FileNotFoundError as error:
+        raise PublishError(f"{path} not found: {what}") from error
+    except ValueError as error:
+        raise PublishError(f"{path} is not valid JSON: {error}") from error
+
+
+def read_metrics(path: str) -> list[dict]:
+    try:
+        text = files.read_text(path)
+    except FileNotFoundError:
+        return []
+    try:
+        return [json.loads(line) for line in text.splitlines() if line.strip()]
+    except ValueError as error:
+        raise PublishError(f"{path} has a line that is not JSON: {error}") from error
+
+
+def load_candidate(*, workdir: str, data_dir: str = "") -> Candidate:
+    """Reads WORKDIR/export/best and the eval rows of the step it was exported from."""
+    export_dir = files.join(workdir, "export", "best")
+    manifest = read_json(files.join(export_dir, EXPORT_MANIFEST),
+                         what="no exported model; run s2s-evaluate --split=dev first")
+    step = manifest.get("step")
+    metrics = {}
+    for split in ("dev", "test"):
+        path = files.join(workdir, "eval", split, "metrics.jsonl")
+        rows = [row for row in read_metrics(path) if row.get("step") == step]
+        if rows:
+            metrics[split] = rows[-1]
+        elif split == "dev":
+            raise PublishError(f"{path} has no row for step {step}, the exported checkpoint")
+    config = read_json(files.join(workdir, "config.json"), what="not an s2s-train workdir")
+    metadata = None
+    if data_dir:
+        metadata = read_json(files.join(data_dir, "metadata.json"),
+                             what="not an s2s-preprocess output directory")
+    return Candidate(workdir=workdir, data_dir=data_dir, export_dir=export_dir,
+                     metrics=metrics, config=config, metadata=metadata)
+
+
+def score(row: dict, metric: str) -> float:
+    if metric not in row:
+        raise PublishError(f"the dev metrics have no {metric!r} (they have "
+                           f"{', '.join(k for k in METRICS if k in row)})")
+    return float(row[metric])
+
+
+def is_better(new: float, old: float | None, *, metric: str) -> bool:
+    """Strictly better; a tie keeps the published model."""
+    if old is None:
+        return True
+    return new < old if metric in LOWER_IS_BETTER else new > old
+
+
+def read_pointer(bucket, name: str, *, attempts: int = 5) -> Pointer:
+    """The pointer and the generation its content belongs to (re-read if it changes)."""
+    from google.api_core import exceptions
+    for _ in range(attempts):
+        blob = bucket.get_blob(name)
+        if blob is None:
+            return Pointer(record=None, generation=0)
+        generation = int(blob.generation)
+        try:
+            data = blob.download_as_bytes(if_generation_match=generation)
+        except (exceptions.PreconditionFailed, exceptions.NotFound):
+            continue  # replaced or deleted between the metadata read and the download
+        try:
+            record = json.loads(data)
+            record["version"], record["metrics"]["dev"]
+        except (ValueError, KeyError, TypeError) as error:
+            raise PublishError(f"gs://{bucket.name}/{name} is not a valid pointer ({error!r}); "
+                               "fix or delete it") from error
+        return Pointer(record=record, generation=generation)
+    raise PublishError(f"gs://{bucket.name}/{name} kept changing while being read")
+
+
+def copy_file(source: str, bucket, name: str) -> None:
+    """Local file or gs:// object -> gs://bucket/name; never overwrites (generation 0)."""
+    if files.is_gcs(source):
+        source_bucket, source_name = files.split_gcs(source)
+        origin = files.bucket(source_bucket)
+        origin.copy_blob(origin.blob(source_name), bucket, name, if_generation_match=0,
+                         preserve_acl=False)
+    else:
+        bucket.blob(name).upload_from_filename(source, if_generation_match=0)
+
+
+def upload_version(bucket, *, base: str, candidate: Candidate) -> None:
+    """The SavedModel and metrics.json under `base` (a fresh, unique prefix)."""
+    names = files.list_files(candidate.export_dir)
+    if EXPORT_MANIFEST not in names:
+        raise PublishError(f"{candidate.export_dir} lost its {EXPORT_MANIFEST} while publishing")
+    for relative in names:
+        copy_file(files.join(candidate.export_dir, relative), bucket,
+                  f"{base}/saved_model/{relative}")
+    bucket.blob(f"{base}/metrics.json").upload_from_string(
+        json.dumps(candidate.metrics, indent=2, sort_keys=True) + "\n",
+        content_type="application/json", if_generation_match=0)
+
+
+def delete_version(bucket, *, base: str) -> None:
+    for blob in bucket.client.list_blobs(bucket.name, prefix=f"{base}/"):
+        blob.delete()
+
+
+def move_pointer(bucket, name: str, *, record: dict, generation: int) -> bool:
+    """Writes the pointer only if it is still at `generation`; False when another won."""
+    from google.api_core import exceptions
+    blob = bucket.blob(name)
+    blob.cache_control = "no-cache"  # readers over HTTP never get a stale pointer
+    try:
+        blob.upload_from_string(json.dumps(record, indent=2, sort_keys=True) + "\n",
+                                content_type="application/json",
+                                if_generation_match=generation)
+    except exceptions.PreconditionFailed:
+        return False
+    return True
+
+
+def publish(candidate: Candidate, *, bucket, prefix: str, metric: str = "bleu",
+            max_attempts: int = 5, now: datetime.datetime | None = None) -> Outcome:
+    """Compare, upload, move the pointer; on a lost race re-read and compare again."""
+    new = score(candidate.metrics["dev"], metric)
+    now = now or datetime.datetime.now(datetime.timezone.utc)
+    pointer_name = f"{prefix.strip('/')}/{POINTER}" if prefix.strip("/") else POINTER
+    step = candidate.metrics["dev"].get("step", 0)
+    version = f"{now:%Y%m%dT%H%M%SZ}-step{step}-{uuid.uuid4().hex[:8]}"
+    base = pointer_name[:-len(POINTER)] + f"models/{version}"
+    uploaded = False
+    for _ in range(max_attempts):
+        pointer = read_pointer(bucket, pointer_name)
+        if pointer.record and pointer.record.get("version") == version:
+            return Outcome("published", new, pointer.record)  # an earlier write did land
+        old = score(pointer.record["metrics"]["dev"], metric) if pointer.record else None
+        if not is_better(new, old, metric=metric):
+            # Keep our upload if a write of ours landed unseen and is now the previous model.
+            if uploaded and pointer.record.get("previous_version") != version:
+                delete_version(bucket, base=base)
+            return Outcome("lost" if uploaded else "kept", new, pointer.record)
+        if not uploaded:
+            upload_version(bucket, base=base, candidate=candidate)
+            uploaded = True
+        record = pointer_record(candidate, bucket=bucket, base=base, version=version,
+                                metric=metric, now=now, previous=pointer.record)
+        bucket.blob(f"{base}/MODEL_CARD.md").upload_from_string(
+            card(candidate, record=record, previous=pointer.record),
+            content_type="text/markdown")
+        if move_pointer(bucket, pointer_name, record=record, generation=pointer.generation):
+            return Outcome("published", new, record)
+        print("publish: the pointer moved while publishing; comparing again", file=sys.stderr)
+    if uploaded:
+        delete_version(bucket, base=base)
+    raise PublishError(f"gave up after {max_attempts} attempts: gs://{bucket.name}/"
+                       f"{pointer_name} kept changing")
+
+
+def pointer_record(candidate: Candidate, *, bucket, base: str, version: str, metric: str,
+                   now: datetime.datetime, previous: dict | None) -> dict:
+    url = f"gs://{bucket.name}/{base}"
+    return {"version": version, "model_dir": f"{url}/saved_model",
+            "card": f"{url}/MODEL_CARD.md", "metrics_file": f"{url}/metrics.json",
+            "metric": metric, "score": score(candidate.metrics["dev"], metric),
+            "metrics": candidate.metrics, "published_at": now.isoformat(timespec="seconds"),
+            "workdir": candidate.workdir, "data_dir": candidate.data_dir,
+            "previous_version": previous["version"] if previous else None}
+
+
+def card(candidate: Candidate, *, record: dict, previous: dict | None) -> str:
+    return model_card.render(version=record["version"], published_at=record["published_at"],
+                             workdir=candidate.workdir, data_dir=candidate.data_dir,
+                             metadata=candidate.metadata, config=candidate.config,
+                             metrics=candidate.metrics, metric=record["metric"],
+                             previous=previous)
+
+
+def parse_args(argv: Sequence[str]):
+    parser = cli.ArgumentParser(prog=PROG,
+                                description="Publish a trained model if it beats the "
+                                            "published one.")
+    parser.add_argument("--workdir", required=True, help="s2s-train workdir (local or gs://).")
+    parser.add_argument("--data_dir", default="", help="Its s2s-preprocess output, for the "
+                                                       "model card's data section.")
+    parser.add_argument("--bucket", required=True, help="Destination bucket (name or gs://name).")
+    parser.add_argument("--prefix", default="", help="Folder inside the bucket.")
+    parser.add_argument("--metric", choices=METRICS, default="bleu",
+                        help="Dev metric to compare (wer/per: lower is better).")
+    parser.add_argument("--max_attempts", type=int, default=5)
+    return parser.parse_args(argv)
+
+
+def main(argv: Sequence[str]) -> None:
+    args = parse_args(argv)
+    bucket_name = args.bucket.removeprefix("gs://").strip("/")
+    if not bucket_name or "/" in bucket_name:
+        raise PublishError(f"--bucket={args.bucket!r} must be a bucket name; put folders in "
+                           "--prefix")
+    candidate = load_candidate(workdir=args.workdir, data_dir=args.data_dir)
+    outcome = publish(candidate, bucket=files.bucket(bucket_name), prefix=args.prefix,
+                      metric=args.metric, max_attempts=args.max_attempts)
+    published = outcome.published or {"metrics": {"dev": {}}}
+    print(json.dumps({"status": outcome.status, args.metric: outcome.score,
+                      "published_version": published.get("version"),
+                      "published_" + args.metric: published["metrics"]["dev"].get(args.metric)},
+                     sort_keys=True))
+
+
+if __name__ == "__main__":
+    cli.run_main(PROG, main)

@@ -1,0 +1,217 @@
+"""Vertex AI CustomJobs: multi-worker training (chief + workers) and a separate evaluator.
+
+    python -m launch.cloud.vertex train --project=P --region=us-central1 --image=IMAGE \
+        --data_dir=gs://B/data --workdir=gs://B/run --workers=4 \
+        --machine_type=g2-standard-24 --accelerator_type=NVIDIA_L4 --accelerator_count=2 --dry-run
+    python -m launch.cloud.vertex evaluate ... --dry-run      # follows the same workdir
+
+--dry-run prints the REST body of customJobs.create; --format=gcloud prints instead the
+CustomJobSpec YAML that `gcloud ai custom-jobs create --config=FILE` takes. Vertex sets
+TF_CONFIG (pool 0 = "chief", pool 1 = "worker") for MultiWorkerMirroredStrategy. With
+restartJobOnWorkerRestart a preempted or restarted worker restarts the whole job, and
+the trainer resumes from its last checkpoint.
+"""
+
+import json
+import time
+from typing import Sequence
+
+import yaml
+
+from launch.cloud import cli, commands
+
+PROG = "python -m launch.cloud.vertex"
+API = "https://{region}-aiplatform.googleapis.com/v1"
+FINAL_STATES = ("JOB_STATE_SUCCEEDED", "JOB_STATE_FAILED", "JOB_STATE_CANCELLED",
+                "JOB_STATE_EXPIRED")
+
+
+def machine_spec(*, machine_type: str, accelerator_type: str, accelerator_count: int) -> dict:
+    if bool(accelerator_type) != bool(accelerator_count):
+        raise cli.LaunchError("--accelerator_type and --accelerator_count go together")
+    spec = {"machineType": machine_type}
+    if accelerator_type:
+        spec.update(acceleratorType=accelerator_type, acceleratorCount=accelerator_count)
+    return spec
+
+
+def worker_pool(*, image: str, command: list[str], machine: dict, replicas: int,
+                boot_disk_gb: int = 100) -> dict:
+    return {"machineSpec": machine, "replicaCount": replicas,
+            "diskSpec": {"bootDiskType": "pd-ssd", "bootDiskSizeGb": boot_disk_gb},
+            "containerSpec": {"imageUri": image, "command": command}}
+
+
+def scheduling(*, spot: bool, timeout_hours: float) -> dict:
+    spec = {"restartJobOnWorkerRestart": True, "timeout": f"{int(timeout_hours * 3600)}s"}
+    if spot:
+        spec["strategy"] = "SPOT"
+    return spec
+
+
+def training_job(*, display_name: str, image: str, config: str, data_dir: str, workdir: str,
+                 workers: int, machine: dict, overrides: Sequence[str] = (),
+                 spot: bool = False, timeout_hours: float = 168.0,
+                 service_account: str = "") -> dict:
+    """CustomJob body: pool 0 is the chief, pool 1 the other workers-1 machines."""
+    strategy = commands.choose_strategy(workers=workers,
+                                        accelerators_per_worker=machine.get("acceleratorCount", 0))
+    command = commands.train_command(config=config, data_dir=data_dir, workdir=workdir,
+                                     strategy=strategy, overrides=overrides)
+    pools = [worker_pool(image=image, command=command, machine=machine, replicas=1)]
+    if workers > 1:
+        pools.append(worker_pool(image=image, command=command, machine=machine,
+                                 replicas=workers - 1))
+    return job_body(display_name=display_name, pools=pools,
+                    scheduling=scheduling(spot=spot, timeout_hours=timeout_hours),
+                    service_account=service_account)
+
+
+def evaluator_job(*, display_name: str, image: str, data_dir: str, workdir: str, machine: dict,
+                  final: bool = False, watch_timeout: float = 3600.0, spot: bool = False,
+                  timeout_hours: float = 168.0, service_account: str = "") -> dict:
+    """Beside training: wait for the workdir, follow dev checkpoints and export the best.
+    With final=True (after training): score dev, then test, and stop."""
+    if final:
+        command = commands.final_evaluation_command(workdir=workdir, data_dir=data_dir)
+    else:
+        command = commands.watch_command(workdir=workdir, data_dir=data_dir,
+                                         timeout=watch_timeout)
+    pools = [worker_pool(image=image, command=command, machine=machine, replicas=1)]
+    return job_body(display_name=display_name, pools=pools,
+                    scheduling=scheduling(spot=spot, timeout_hours=timeout_hours),
+                    service_account=service_account)
+
+
+def job_body(*, display_name: str, pools: list[dict], scheduling: dict,
+             service_account: str) -> dict:
+    spec = {"workerPoolSpecs": pools, "scheduling": scheduling}
+    if service_account:
+        spec["serviceAccount"] = service_account
+    return {"displayName": display_name, "labels": {"app": "s2s-pipeline"}, "jobSpec": spec}
+
+
+def gcloud_config(body: dict) -> str:
+    """The CustomJobSpec YAML for `gcloud ai custom-jobs create --config=FILE`."""
+    return yaml.safe_dump(body["jobSpec"], sort_keys=False, width=100)
+
+
+def gcloud_command(body: dict, *, project: str, region: str, config_file: str) -> list[str]:
+    return ["gcloud", "ai", "custom-jobs", "create", f"--project={project}",
+            f"--region={region}", f"--display-name={body['displayName']}",
+            f"--config={config_file}"]
+
+
+def authorized_session():
+    """Application-default credentials (gcloud auth application-default login, or the VM's)."""
+    import google.auth
+    from google.auth.transport.requests import AuthorizedSession
+    credentials, _ = google.auth.default(
+        scopes=["https://www.googleapis.com/auth/cloud-platform"])
+    return AuthorizedSession(credentials)
+
+
+def submit(body: dict, *, project: str, region: str, session) -> dict:
+    """customJobs.create; returns the created job (its "name" identifies it)."""
+    url = f"{API.format(region=region)}/projects/{project}/locations/{region}/customJobs"
+    response = session.post(url, json=body)
+    if response.status_code >= 400:
+        raise cli.LaunchError(f"Vertex AI refused the job ({response.status_code}): "
+                              f"{response.text.strip()[:500]}")
+    return response.json()
+
+
+def wait(name: str, *, region: str, session, poll_seconds: float = 60.0) -> str:
+    """Polls the job until it ends; its final state, or a LaunchError unless it succeeded."""
+    url = f"{API.format(region=region)}/{name}"
+    while True:
+        response = session.get(url)
+        if response.status_code >= 400:
+            raise cli.LaunchError(f"cannot read {name} ({response.status_code})")
+        state = response.json().get("state", "")
+        if state in FINAL_STATES:
+            if state != "JOB_STATE_SUCCEEDED":
+                raise cli.LaunchError(f"{name} ended in {state}")
+            return state
+        time.sleep(poll_seconds)
+
+
+def parse_args(argv: Sequence[str]):
+    parser = cli.ArgumentParser(prog=PROG,
+                                description="Vertex AI CustomJobs for s2s-pipeline.")
+    parser.add_argument("role", choices=["train", "evaluate"],
+                        help="train: chief + workers; evaluate: the separate evaluator job.")
+    parser.add_argument("--project", required=True)
+    parser.add_argument("--region", required=True)
+    parser.add_argument("--image", required=True, help="The image built from the Dockerfile.")
+    parser.add_argument("--data_dir", required=True, help="gs:// s2s-preprocess output.")
+    parser.add_argument("--workdir", required=True, help="gs:// training workdir.")
+    parser.add_argument("--config", default="configs/transformer.py")
+    parser.add_argument("--display_name", default="", help="Default: s2s-<role>-<time>.")
+    parser.add_argument("--workers", type=int, default=1, help="Machines (train only).")
+    parser.add_argument("--machine_type", default="g2-standard-12")
+    parser.add_argument("--accelerator_type", default="NVIDIA_L4",
+                        help="e.g. NVIDIA_L4, NVIDIA_TESLA_T4, NVIDIA_A100_80GB; '' for none.")
+    parser.add_argument("--accelerator_count", type=int, default=1)
+    parser.add_argument("--override", action="append", default=[],
+                        help="Config override section.field=value (repeatable, train only).")
+    parser.add_argument("--final", action="store_true",
+                        help="evaluate: score dev then test once, instead of following dev.")
+    parser.add_argument("--spot", action="store_true", help="Use Spot VMs (preemptible).")
+    parser.add_argument("--timeout_hours", type=float, default=168.0)
+    parser.add_argument("--service_account", default="")
+    parser.add_argument("--format", choices=["rest", "gcloud"], default="rest",
+                        help="--dry-run output: the REST body, or gcloud's --config YAML.")
+    parser.add_argument("--wait", action="store_true", help="Block until the job ends.")
+    cli.add_dry_run(parser)
+    args = parser.parse_args(argv)
+    if args.workers < 1:
+        parser.error(f"--workers={args.workers} must be at least 1")
+    if args.role == "evaluate" and args.workers != 1:
+        parser.error("--workers applies to train only")
+    if not args.accelerator_type:
+        args.accelerator_count = 0
+    return args
+
+
+def body_from_args(args) -> dict:
+    cli.require_gcs("--data_dir", args.data_dir)
+    cli.require_gcs("--workdir", args.workdir)
+    machine = machine_spec(machine_type=args.machine_type,
+                           accelerator_type=args.accelerator_type,
+                           accelerator_count=args.accelerator_count)
+    name = args.display_name or f"s2s-{args.role}-{time.strftime('%Y%m%d-%H%M%S')}"
+    common = dict(display_name=name, image=args.image, data_dir=args.data_dir,
+                  workdir=args.workdir, machine=machine, spot=args.spot,
+                  timeout_hours=args.timeout_hours, service_account=args.service_account)
+    if args.role == "train":
+        return training_job(**common, config=args.config, workers=args.workers,
+                            overrides=cli.split_overrides(args.override))
+    return evaluator_job(**common, final=args.final)
+
+
+def main(argv: Sequence[str]) -> None:
+    args = parse_args(argv)
+    body = body_from_args(args)
+    if args.dry_run:
+        if args.format == "gcloud":
+            config_file = f"{body['displayName']}.yaml"
+            create = gcloud_command(body, project=args.project, region=args.region,
+                                    config_file=config_file)
+            print(f"# {' '.join(create)}")
+            print(f"# --- {config_file} ---")
+            print(gcloud_config(body), end="")
+        else:
+            print(f"# POST {API.format(region=args.region)}/projects/{args.project}/locations/"
+                  f"{args.region}/customJobs")
+            print(json.dumps(body, indent=2))
+        return
+    session = authorized_session()
+    job = submit(body, project=args.project, region=args.region, session=session)
+    print(f"submitted {job['name']}", flush=True)
+    if args.wait:
+        print(wait(job["name"], region=args.region, session=session))
+
+
+if __name__ == "__main__":
+    cli.run_main(PROG, main)

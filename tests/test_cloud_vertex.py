@@ -1,0 +1,162 @@
+"""Vertex AI CustomJob bodies (launch/cloud/vertex.py) from --dry-run, and submission."""
+
+import io
+import json
+import shlex
+from contextlib import redirect_stdout
+
+import pytest
+import yaml
+
+from launch.cloud import cli, vertex
+
+COMMON = ["--project=proj", "--region=europe-west4", "--image=img:3",
+          "--data_dir=gs://b/data", "--workdir=gs://b/run", "--display_name=s2s-x"]
+
+
+def dry_run(*args) -> tuple[list[str], str]:
+    out = io.StringIO()
+    with redirect_stdout(out):
+        vertex.main([*args, *COMMON, "--dry-run"])
+    lines = out.getvalue().splitlines(keepends=True)
+    comments = [line for line in lines if line.startswith("#")]
+    return comments, "".join(line for line in lines if not line.startswith("#"))
+
+
+def flag(argv, name):
+    [value] = [a.split("=", 1)[1] for a in argv if a.startswith(f"--{name}=")]
+    return value
+
+
+def test_training_job_has_a_chief_pool_and_a_worker_pool():
+    comments, text = dry_run("train", "--workers=4", "--machine_type=a2-highgpu-2g",
+                             "--accelerator_type=NVIDIA_TESLA_A100", "--accelerator_count=2",
+                             "--override=train.num_steps=9000", "--spot")
+    assert comments == ["# POST https://europe-west4-aiplatform.googleapis.com/v1/projects/proj/"
+                        "locations/europe-west4/customJobs\n"]
+    body = json.loads(text)
+    chief, workers = body["jobSpec"]["workerPoolSpecs"]
+    assert (chief["replicaCount"], workers["replicaCount"]) == (1, 3)
+    for pool in (chief, workers):
+        assert pool["machineSpec"] == {"machineType": "a2-highgpu-2g",
+                                       "acceleratorType": "NVIDIA_TESLA_A100",
+                                       "acceleratorCount": 2}
+        assert pool["containerSpec"]["imageUri"] == "img:3"
+    assert chief["containerSpec"] == workers["containerSpec"]
+    command = chief["containerSpec"]["command"]
+    assert command[0] == "s2s-train" and "--config.train.num_steps=9000" in command
+    assert flag(command, "strategy") == "multi_worker_mirrored"
+    assert (flag(command, "workdir"), flag(command, "data_dir")) == ("gs://b/run", "gs://b/data")
+    assert body["jobSpec"]["scheduling"]["strategy"] == "SPOT"
+    assert body["jobSpec"]["scheduling"]["restartJobOnWorkerRestart"] is True
+    assert body["displayName"] == "s2s-x"
+
+
+@pytest.mark.parametrize("count, accelerator, strategy", [
+    (2, "NVIDIA_L4", "mirrored"), (1, "NVIDIA_L4", "one_device"), (0, "", "default")])
+def test_one_machine_mirrors_its_own_gpus(count, accelerator, strategy):
+    _, text = dry_run("train", f"--accelerator_type={accelerator}",
+                      f"--accelerator_count={count}")
+    [pool] = json.loads(text)["jobSpec"]["workerPoolSpecs"]
+    assert flag(pool["containerSpec"]["command"], "strategy") == strategy
+    assert ("acceleratorType" in pool["machineSpec"]) == bool(accelerator)
+
+
+def test_evaluator_job_follows_the_training_workdir():
+    _, train_text = dry_run("train", "--workers=2")
+    _, eval_text = dry_run("evaluate")
+    train_command = json.loads(train_text)["jobSpec"]["workerPoolSpecs"][0]["containerSpec"][
+        "command"]
+    [pool] = json.loads(eval_text)["jobSpec"]["workerPoolSpecs"]
+    command = pool["containerSpec"]["command"]
+    assert command[:2] == ["sh", "-c"]
+    wait, evaluate = (shlex.split(part) for part in command[2].split(" && "))
+    assert wait[:5] == ["python", "-m", "launch.cloud.files", "wait", "gs://b/run/config.json"]
+    assert evaluate[0] == "s2s-evaluate" and "--watch" in evaluate
+    assert flag(evaluate, "split") == "dev"
+    for name in ("workdir", "data_dir"):
+        assert flag(evaluate, name) == flag(train_command, name)
+    assert pool["containerSpec"]["imageUri"] == "img:3" and pool["replicaCount"] == 1
+
+
+def test_final_evaluation_scores_dev_then_test():
+    _, text = dry_run("evaluate", "--final")
+    command = json.loads(text)["jobSpec"]["workerPoolSpecs"][0]["containerSpec"]["command"]
+    dev, test = (shlex.split(part) for part in command[2].split(" && "))
+    assert (flag(dev, "split"), flag(test, "split")) == ("dev", "test")
+    assert "--watch" not in dev + test
+
+
+def test_gcloud_format_is_the_job_spec_of_the_rest_body():
+    comments, text = dry_run("train", "--workers=2", "--format=gcloud")
+    _, rest = dry_run("train", "--workers=2")
+    assert yaml.safe_load(text) == json.loads(rest)["jobSpec"]
+    assert comments[0] == ("# gcloud ai custom-jobs create --project=proj --region=europe-west4 "
+                           "--display-name=s2s-x --config=s2s-x.yaml\n")
+
+
+@pytest.mark.parametrize("args, message", [
+    (["train", "--project=p", "--region=r", "--image=i", "--data_dir=/local/data",
+      "--workdir=gs://b/run"], "--data_dir='/local/data' must be a gs:// path"),
+    (["evaluate", "--project=p", "--region=r", "--image=i", "--data_dir=gs://b/d",
+      "--workdir=gs://b/w", "--workers=2"], "--workers applies to train only"),
+    (["train", "--project=p", "--region=r", "--image=i", "--data_dir=gs://b/d",
+      "--workdir=gs://b/w", "--accelerator_count=0"], "go together"),
+])
+def test_bad_input_is_one_line(args, message, capsys):
+    with pytest.raises(SystemExit) as exit_info:
+        cli.run_main(vertex.PROG, vertex.main, [*args, "--dry-run"])
+    assert exit_info.value.code == 2
+    err = capsys.readouterr().err
+    assert err.startswith(f"{vertex.PROG}: error: ")
+    assert message in err and err.count("\n") == 1
+
+
+class FakeResponse:
+    def __init__(self, status_code, payload):
+        self.status_code, self.payload, self.text = status_code, payload, json.dumps(payload)
+
+    def json(self):
+        return self.payload
+
+
+class FakeSession:
+    """Records requests; answers with the canned responses in order."""
+
+    def __init__(self, *responses):
+        self.responses, self.requests = list(responses), []
+
+    def post(self, url, json):
+        self.requests.append(("POST", url, json))
+        return self.responses.pop(0)
+
+    def get(self, url):
+        self.requests.append(("GET", url, None))
+        return self.responses.pop(0)
+
+
+def test_submit_posts_the_body_and_wait_polls_until_the_end():
+    body = vertex.training_job(display_name="d", image="i", config="c", data_dir="gs://b/d",
+                               workdir="gs://b/w", workers=1,
+                               machine=vertex.machine_spec(machine_type="m", accelerator_type="",
+                                                           accelerator_count=0))
+    name = "projects/1/locations/r/customJobs/42"
+    session = FakeSession(FakeResponse(200, {"name": name}),
+                          FakeResponse(200, {"state": "JOB_STATE_RUNNING"}),
+                          FakeResponse(200, {"state": "JOB_STATE_SUCCEEDED"}))
+    job = vertex.submit(body, project="proj", region="r", session=session)
+    assert vertex.wait(job["name"], region="r", session=session,
+                       poll_seconds=0) == "JOB_STATE_SUCCEEDED"
+    assert session.requests[0] == (
+        "POST", "https://r-aiplatform.googleapis.com/v1/projects/proj/locations/r/customJobs", body)
+    assert [r[1] for r in session.requests[1:]] == [
+        f"https://r-aiplatform.googleapis.com/v1/{name}"] * 2
+
+
+def test_a_refused_or_failed_job_is_an_error():
+    with pytest.raises(cli.LaunchError, match="refused the job \\(400\\)"):
+        vertex.submit({}, project="p", region="r",
+                      session=FakeSession(FakeResponse(400, {"error": "bad"})))
+    with pytest.raises(cli.LaunchError, match="ended in JOB_STATE_FAILED"):
+        vertex.wait("n", region="r", poll_seconds=0,
+                    session=FakeSession(FakeResponse(200, {"state": "JOB_STATE_FAILED"})))
