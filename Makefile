@@ -4,7 +4,6 @@ VENV ?= .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 DEMO_DIR ?= demo_run
-DEMO_STEPS ?= 2400
 BIN := $(VENV)/bin
 
 .PHONY: setup demo test image clean
@@ -26,8 +25,8 @@ test: $(STAMP)
 demo: $(STAMP)
 	test -f $(DEMO_DIR)/data/_COMPLETED || $(BIN)/s2s-preprocess --train=cmudict \
 	    --split_fractions=dev:0.05,test:0.05 --output_dir=$(DEMO_DIR)/data --overwrite
-	$(BIN)/s2s-train --config=configs/bench.py --data_dir=$(DEMO_DIR)/data \
-	    --workdir=$(DEMO_DIR)/work --config.train.num_steps=$(DEMO_STEPS)
+	$(BIN)/s2s-train --config=configs/g2p.py --data_dir=$(DEMO_DIR)/data \
+	    --workdir=$(DEMO_DIR)/work
 	$(BIN)/s2s-evaluate --workdir=$(DEMO_DIR)/work --data_dir=$(DEMO_DIR)/data --split=dev
 	$(BIN)/s2s-evaluate --workdir=$(DEMO_DIR)/work --data_dir=$(DEMO_DIR)/data --split=test
 	@echo
