@@ -108,6 +108,7 @@ def time_model_fit(config, data_dir: str, *, steps: int, warmup: int) -> tuple[f
                                bos_id=config.data.bos_id)
 
     def loss(targets, logits):
+        targets = tf.cast(targets, tf.int32)  # Keras hands y_true over as float32
         total, count = losses.cross_entropy_sums(logits, targets, pad_id=config.data.pad_id,
                                                  label_smoothing=config.train.label_smoothing)
         return total / tf.maximum(count, 1.0)
