@@ -14,7 +14,8 @@ def get_config() -> ml_collections.ConfigDict:
     config.model.name = "transformer"  # "transformer" | "lstm_attention"
 
     config.data = ml_collections.ConfigDict()
-    config.data.tokens_per_batch = 2048  # global padded tokens per side: batch = budget // bucket length
+    # Global padded tokens per side; examples per batch = budget // bucket length.
+    config.data.tokens_per_batch = 2048
     config.data.bucket_boundaries = ()  # empty: use metadata.json's suggested boundaries
     config.data.max_length = 0  # 0: the largest bucket boundary; longer pairs are skipped
     config.data.shuffle_buffer = 8192  # examples held for shuffling (part of the checkpoint)

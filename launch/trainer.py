@@ -310,24 +310,27 @@ def train(config, *, workdir: str, data_dir: str,
     writer = (tf.summary.create_file_writer(os.path.join(workdir, "train")) if is_chief
               else tf.summary.create_noop_writer())
     history: list[StepStats] = []
-    progress = _Progress(config, writer=writer, start=start, is_chief=is_chief)
+    progress = _Progress(config, writer=writer, is_chief=is_chief)
     with SigtermFlag() as sigterm, writer.as_default():
         step = start
         while step < config.train.num_steps:
-            train = config.train
-            boundary = min(_next_multiple(step, train.steps_per_loop),
-                           _next_multiple(step, train.checkpoint_every_steps),
-                           _next_multiple(step, train.log_every_steps), train.num_steps)
+            boundary = min(_next_multiple(step, config.train.steps_per_loop),
+                           _next_multiple(step, config.train.checkpoint_every_steps),
+                           _next_multiple(step, config.train.log_every_steps),
+                           config.train.num_steps)
             began = time.perf_counter()
             stats = trainer.run_loop(boundary - step)
             elapsed = time.perf_counter() - began
             history.extend(stats)
             progress.record(stats, first_step=step + 1, seconds=elapsed)
             step = boundary
-            if step % train.checkpoint_every_steps == 0 or step == train.num_steps:
+            saved = (step % config.train.checkpoint_every_steps == 0
+                     or step == config.train.num_steps)
+            if saved:
                 manager.save(checkpoint_number=step)
             if _any_worker_preempted(strategy, sigterm):
-                manager.save(checkpoint_number=step)
+                if not saved:
+                    manager.save(checkpoint_number=step)
                 logging.warning("stopped by SIGTERM after step %d; checkpoint saved", step)
                 break
     writer.flush()
@@ -341,9 +344,8 @@ def _next_multiple(step: int, every: int) -> int:
 class _Progress:
     """Console progress lines, TensorBoard scalars and the non-finite step guard."""
 
-    def __init__(self, config, *, writer, start: int, is_chief: bool):
+    def __init__(self, config, *, writer, is_chief: bool):
         self.config, self.writer, self.is_chief = config, writer, is_chief
-        self.start, self.began = start, time.perf_counter()
         self.nonfinite_run = 0
         self.window: list[StepStats] = []
         self.window_seconds = 0.0
