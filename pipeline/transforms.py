@@ -537,30 +537,52 @@ def boundary_granularity(length: int) -> int:
     return 2 if length <= 16 else 4 if length <= 32 else 8
 
 
-def suggest_bucket_boundaries(length_counts: Mapping[int, int], *, max_length: int) -> list:
-    """Bucket upper bounds (inclusive) from quantiles of max(input, target) length.
+MAX_BUCKETS = 12  # compiled shapes per step function; more buckets, less padding
 
-    Quantiles every 10% plus 95% and 99% and the maximum, each rounded up by
-    `boundary_granularity` and capped at max_length: padding stays low while the number
-    of compiled shapes stays small.
+
+def suggest_bucket_boundaries(length_counts: Mapping[int, int], *, max_length: int,
+                              max_buckets: int = MAX_BUCKETS) -> list:
+    """Bucket upper bounds (inclusive) that minimise padding over the train lengths.
+
+    A batch holds a fixed token budget, so the compute spent on a pair is its bucket's
+    boundary: the boundaries minimise sum(count(length) * boundary(length)) with at most
+    `max_buckets` buckets (dynamic programming over the candidate boundaries, which are
+    the lengths rounded up by `boundary_granularity` and capped at max_length).
+    `length_counts` maps max(len(inputs), len(targets)) to its number of pairs.
     """
-    total = sum(length_counts.values())
-    if not total:
-        return [min(8, max_length)]
-    quantiles = [q / 10 for q in range(1, 10)] + [0.95, 0.99, 1.0]
-    lengths = sorted(length_counts.items())
-    boundaries, seen, position = [], 0, 0
-    for quantile in quantiles:
-        needed = quantile * total
-        while seen < needed and position < len(lengths):
-            seen += lengths[position][1]
-            position += 1
-        length = lengths[max(position - 1, 0)][0]
+    counts = collections.Counter()
+    for length, count in length_counts.items():
         step = boundary_granularity(length)
-        rounded = min(max_length, -(-length // step) * step)
-        if not boundaries or rounded > boundaries[-1]:
-            boundaries.append(rounded)
-    return boundaries
+        counts[min(max_length, -(-length // step) * step)] += count
+    if not counts:
+        return [min(8, max_length)]
+    candidates = sorted(counts)
+    prefix = [0]
+    for boundary in candidates:
+        prefix.append(prefix[-1] + counts[boundary])
+    size = len(candidates)
+    # cost[j], choice[k][j]: the cheapest cover of candidates[:j + 1] by k buckets whose
+    # last boundary is candidates[j], and where the bucket before it ends.
+    cost = [candidates[j] * prefix[j + 1] for j in range(size)]
+    choices = [[-1] * size]
+    for _ in range(1, min(max_buckets, size)):
+        new_cost, choice = list(cost), [-1] * size
+        for j in range(size):
+            for i in range(j):
+                value = cost[i] + candidates[j] * (prefix[j + 1] - prefix[i + 1])
+                if value < new_cost[j]:
+                    new_cost[j], choice[j] = value, i
+        cost = new_cost
+        choices.append(choice)
+    boundaries, j = [], size - 1
+    for level in range(len(choices) - 1, -1, -1):
+        if j < 0:
+            break
+        if level and choices[level][j] == -1:
+            continue  # fewer buckets were as cheap: the cover of the level below stands
+        boundaries.append(candidates[j])
+        j = choices[level][j]
+    return sorted(boundaries)
 
 
 def length_histogram(stats: Mapping, split: str, *, max_length: int) -> dict:
