@@ -14,6 +14,14 @@ from absl import logging
 CHECKPOINT_DIR = "checkpoints"
 
 
+def write_text_atomically(path: str, text: str) -> None:
+    """Readers of a workdir file see the old content or the new, never a partial write."""
+    tmp = f"{path}.tmp-{os.getpid()}"
+    with tf.io.gfile.GFile(tmp, "w") as f:
+        f.write(text)
+    tf.io.gfile.rename(tmp, path, overwrite=True)
+
+
 def variables_by_index(variables) -> dict:
     """A checkpointable {index: tf.Variable} view of Keras 3 variables.
 

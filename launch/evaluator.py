@@ -165,13 +165,6 @@ def read_metrics(path: str) -> list[dict]:
         return [json.loads(line) for line in f if line.strip()]
 
 
-def write_text_atomically(path: str, text: str) -> None:
-    tmp = f"{path}.tmp-{os.getpid()}"
-    with tf.io.gfile.GFile(tmp, "w") as f:
-        f.write(text)
-    tf.io.gfile.rename(tmp, path, overwrite=True)
-
-
 def checkpoint_step(path: str) -> int:
     return int(path.rsplit("-", 1)[1])
 
@@ -194,12 +187,12 @@ def evaluate_checkpoint(run: Run, path: str, *, workdir: str, data_dir: str, spl
     row = {"step": step, "split": split, "checkpoint": path, "beam_size": beam_size,
            "alpha": alpha, **score(hypotheses, references, g2p=is_g2p(run.metadata)),
            "decode_seconds": round(time.perf_counter() - began, 2)}
-    write_text_atomically(os.path.join(out_dir, f"hyp-{step}.txt"),
+    checkpoints.write_text_atomically(os.path.join(out_dir, f"hyp-{step}.txt"),
                           "".join(h + "\n" for h in hypotheses))
     metrics_path = os.path.join(out_dir, METRICS_FILE)
     previous = read_metrics(metrics_path)
     best_before = max((r["bleu"] for r in previous), default=float("-inf"))
-    write_text_atomically(metrics_path, "".join(json.dumps(r, sort_keys=True) + "\n"
+    checkpoints.write_text_atomically(metrics_path, "".join(json.dumps(r, sort_keys=True) + "\n"
                                                 for r in previous + [row]))
     with tf.summary.create_file_writer(out_dir).as_default():
         for key in ("bleu", "chrf", "wer", "per"):

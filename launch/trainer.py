@@ -103,14 +103,6 @@ def check_resume_compatible(saved: dict, config) -> None:
         raise TrainingError("the workdir's vocabulary size differs from --data_dir's")
 
 
-def write_json_atomically(path: str, value) -> None:
-    """Readers see the old file or the new one, never a partial write."""
-    tmp = f"{path}.tmp-{os.getpid()}"
-    with tf.io.gfile.GFile(tmp, "w") as f:
-        f.write(json.dumps(value, indent=2, sort_keys=True) + "\n")
-    tf.io.gfile.rename(tmp, path, overwrite=True)
-
-
 def read_saved_config(workdir: str) -> dict:
     path = os.path.join(workdir, CONFIG_FILE)
     if not tf.io.gfile.exists(path):
@@ -302,7 +294,9 @@ def train(config, *, workdir: str, data_dir: str,
     restored = checkpoints.restore_latest(manager, trainer.checkpoint)
     if is_chief:
         tf.io.gfile.makedirs(workdir)
-        write_json_atomically(os.path.join(workdir, CONFIG_FILE), config.to_dict())
+        checkpoints.write_text_atomically(
+            os.path.join(workdir, CONFIG_FILE),
+            json.dumps(config.to_dict(), indent=2, sort_keys=True) + "\n")
     start = int(trainer.step.numpy())
     logging.info("%s at step %d of %d (%d replicas, %d workers)",
                  "resuming" if restored else "starting", start, config.train.num_steps,
