@@ -188,12 +188,12 @@ def evaluate_checkpoint(run: Run, path: str, *, workdir: str, data_dir: str, spl
            "alpha": alpha, **score(hypotheses, references, g2p=is_g2p(run.metadata)),
            "decode_seconds": round(time.perf_counter() - began, 2)}
     checkpoints.write_text_atomically(os.path.join(out_dir, f"hyp-{step}.txt"),
-                          "".join(h + "\n" for h in hypotheses))
+                                      "".join(h + "\n" for h in hypotheses))
     metrics_path = os.path.join(out_dir, METRICS_FILE)
     previous = read_metrics(metrics_path)
     best_before = max((r["bleu"] for r in previous), default=float("-inf"))
-    checkpoints.write_text_atomically(metrics_path, "".join(json.dumps(r, sort_keys=True) + "\n"
-                                                for r in previous + [row]))
+    checkpoints.write_text_atomically(
+        metrics_path, "".join(json.dumps(r, sort_keys=True) + "\n" for r in previous + [row]))
     with tf.summary.create_file_writer(out_dir).as_default():
         for key in ("bleu", "chrf", "wer", "per"):
             if key in row:
