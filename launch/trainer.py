@@ -188,16 +188,22 @@ class Trainer:
     def _gradients(self, batch):
         """Gradients of this replica's token-summed loss (scaled to a stable magnitude)."""
         targets = batch[features.TARGETS]
+        pad_id = self.config.data.pad_id
         with tf.GradientTape() as tape:
-            logits = self.model(batch, training=True)
+            hidden = self.model.decoder_hidden(batch, training=True)
+            if not self.config.train.jit_compile:
+                # Project only real target positions: the [tokens, vocab] logits are the
+                # step's largest tensor. XLA needs static shapes, so it keeps padding.
+                real = tf.not_equal(targets, pad_id)
+                hidden, targets = tf.boolean_mask(hidden, real), tf.boolean_mask(targets, real)
             loss_sum, tokens = losses.cross_entropy_sums(
-                logits, targets, pad_id=self.config.data.pad_id,
+                self.model.output_logits(hidden), targets, pad_id=pad_id,
                 label_smoothing=self.config.train.label_smoothing)
             scaled = self.optimizer.scale_loss(loss_sum / self._nominal_tokens)
         grads = tape.gradient(scaled, self.model.trainable_variables)
-        source_tokens = tf.reduce_sum(
-            tf.cast(batch[features.INPUTS] != self.config.data.pad_id, tf.float32))
-        positions = tf.cast(tf.size(targets) + tf.size(batch[features.INPUTS]), tf.float32)
+        source_tokens = tf.reduce_sum(tf.cast(batch[features.INPUTS] != pad_id, tf.float32))
+        positions = tf.cast(tf.size(batch[features.TARGETS]) + tf.size(batch[features.INPUTS]),
+                            tf.float32)
         return grads, tf.stack([loss_sum, tokens, source_tokens, positions])
 
     def _replica_step(self, micro_batches):

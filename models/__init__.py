@@ -4,6 +4,8 @@
 same interface, so nothing downstream branches on the kind:
 
     logits = model({"inputs": [B,S] int32, "targets": [B,T] int32}, training=...)
+    # the same, in two halves, so a trainer can project only real target positions:
+    logits = model.output_logits(model.decoder_hidden(features, training=...))
     encoded = model.encode(inputs)                      # dict, batch-first tensors
     cache = model.init_cache(encoded, max_decode_length)
     logits, cache = model.decode_step(tokens, cache)    # [B] int32 -> [B,V] float32

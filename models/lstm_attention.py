@@ -155,7 +155,7 @@ class LstmAttention(keras.Model):
         self.target_embedding = (self.source_embedding if c.share_embeddings else
                                  layers.TokenEmbedding(c.vocab_size, c.embed_dim,
                                                        name="target_embedding"))
-        self.dropout = keras.layers.Dropout(c.dropout)
+        self.dropout = layers.Dropout(c.dropout)
         # One attribute per layer, not lists: tf.train.Checkpoint does not follow the
         # lists Keras 3 tracks, so listed layers would silently not be saved.
         for i in range(c.num_encoder_layers):
@@ -204,7 +204,8 @@ class LstmAttention(keras.Model):
 
     # -- shared pieces -------------------------------------------------------------
 
-    def _logits(self, attentional):
+    def output_logits(self, attentional):
+        """Attentional states [..., hidden] -> next-token logits [..., vocab] float32."""
         if self.output_projection is not None:
             return self.output_projection(attentional)
         if self.pre_output is not None:
@@ -283,6 +284,16 @@ class LstmAttention(keras.Model):
         Returns:
             logits: [batch, T, vocab] float32; position t predicts targets[:, t].
         """
+        return self.output_logits(self.decoder_hidden(features, training=training))
+
+    def decoder_hidden(self, features, training=False):
+        """The teacher-forced pass up to (not including) `output_logits`.
+
+        Split out so a trainer can project only the real target positions.
+
+        Returns:
+            [batch, T, hidden] attentional states in the compute dtype.
+        """
         encoded = self.encode(features["inputs"], training=training)
         targets = tf.convert_to_tensor(features["targets"])
         decoder_inputs = layers.shift_right(targets, self.config.bos_id)
@@ -314,7 +325,7 @@ class LstmAttention(keras.Model):
         elems = (embedded, masks) if masks is not None else embedded
         _, attentional = tf.scan(step, elems, initializer=(states, feed))
         attentional = tf.transpose(attentional, [1, 0, 2])
-        return self._logits(self.dropout(attentional, training=training))
+        return self.dropout(attentional, training=training)
 
     def init_cache(self, encoded, max_decode_length):
         """Decoding state; `max_decode_length` is unused (recurrent state has no length).
@@ -359,4 +370,4 @@ class LstmAttention(keras.Model):
         for i, state in enumerate(new_states):
             for name, value in zip(self.state_names, state):
                 new_cache[f"{name}_{i}"] = value
-        return self._logits(attentional), new_cache
+        return self.output_logits(attentional), new_cache

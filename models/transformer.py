@@ -55,7 +55,7 @@ class _Block(keras.layers.Layer):
         super().__init__(**kwargs)
         self.pre_norm = config.pre_norm
         self.norm = layers.LayerNorm(config.d_model, name="norm")
-        self.dropout = keras.layers.Dropout(config.dropout)
+        self.dropout = layers.Dropout(config.dropout)
 
     def residual(self, x, fn, training):
         if self.pre_norm:
@@ -189,7 +189,7 @@ class Transformer(keras.Model):
                                                           name="target_embedding")
             self.output_projection = layers.OutputProjection(c.d_model, c.vocab_size,
                                                              name="output_projection")
-        self.embedding_dropout = keras.layers.Dropout(c.dropout)
+        self.embedding_dropout = layers.Dropout(c.dropout)
         # One attribute per layer, not a list: tf.train.Checkpoint does not follow the
         # lists Keras 3 tracks, so listed layers would silently not be saved.
         for i in range(c.num_encoder_layers):
@@ -218,7 +218,8 @@ class Transformer(keras.Model):
         x += tf.cast(layers.sinusoidal_encoding(positions, self.config.d_model), x.dtype)
         return self.embedding_dropout(x, training=training)
 
-    def _logits(self, x):
+    def output_logits(self, x):
+        """Decoder hidden states [..., d_model] -> next-token logits [..., vocab] float32."""
         if self.decoder_norm is not None:
             x = self.decoder_norm(x)
         if self.output_projection is None:
@@ -258,6 +259,16 @@ class Transformer(keras.Model):
         Returns:
             logits: [batch, T, vocab] float32; position t predicts targets[:, t].
         """
+        return self.output_logits(self.decoder_hidden(features, training=training))
+
+    def decoder_hidden(self, features, training=False):
+        """The teacher-forced pass up to (not including) `output_logits`.
+
+        Split out so a trainer can project only the real target positions.
+
+        Returns:
+            [batch, T, d_model] in the compute dtype.
+        """
         encoded = self.encode(features["inputs"], training=training)
         targets = tf.convert_to_tensor(features["targets"])
         decoder_inputs = layers.shift_right(targets, self.config.bos_id)
@@ -269,7 +280,7 @@ class Transformer(keras.Model):
             key, value = layer.cross_attention.attention.project_key_value(encoded["memory"])
             x = layer(x, self_mask=self_mask, memory_key=key, memory_value=value,
                       memory_mask=memory_mask, training=training)
-        return self._logits(x)
+        return x
 
     def init_cache(self, encoded, max_decode_length):
         """Preallocates the decoding state.
@@ -326,4 +337,4 @@ class Transformer(keras.Model):
                                       attention_mask=memory_mask)
             x = layer.feed_forward(x)
         new_cache["step"] = positions + 1
-        return self._logits(x[:, 0]), new_cache
+        return self.output_logits(x[:, 0]), new_cache

@@ -116,3 +116,27 @@ def test_gru_cell_matches_keras():
 def test_make_cell_rejects_unknown_kind():
     with pytest.raises(ValueError, match="'rnn'"):
         layers.make_cell("rnn", 3, 4, name="x")
+
+
+def test_dropout_rate_scale_and_inference_identity():
+    x = tf.ones([1000, 1000])
+    dropout = layers.Dropout(0.1, seed=7)
+    y = dropout(x, training=True).numpy()
+    dropped = float(np.mean(y == 0.0))
+    assert abs(dropped - 0.1) < 0.002  # 1e6 draws: the standard error is 0.0003
+    np.testing.assert_allclose(np.unique(y), [0.0, 1.0 / (1.0 - 6554 / 65536)], rtol=1e-6)
+    assert abs(float(np.mean(y)) - 1.0) < 0.005  # inverted dropout keeps the mean
+    assert np.array_equal(dropout(x, training=False).numpy(), x.numpy())
+    assert np.array_equal(layers.Dropout(0.0)(x, training=True).numpy(), x.numpy())
+
+
+def test_dropout_stream_is_seeded_advances_and_compiles_with_xla():
+    x = tf.ones([3, 5, 7])  # odd size: the last 16-bit half word is unused
+    first, second = layers.Dropout(0.5, seed=3), layers.Dropout(0.5, seed=3)
+    a, b = first(x, training=True), first(x, training=True)
+    assert not np.array_equal(a.numpy(), b.numpy())  # the state advances per call
+    assert np.array_equal(second(x, training=True).numpy(), a.numpy())  # same seed, same mask
+    compiled = tf.function(lambda t: second(t, training=True), jit_compile=True)
+    assert np.array_equal(compiled(x).numpy(), b.numpy())
+    with pytest.raises(ValueError, match="dropout rate"):
+        layers.Dropout(1.0)

@@ -80,3 +80,42 @@ def test_accuracy_sums_count_only_real_tokens():
     assert (float(correct), float(count)) == (0.0, 1.0)
     correct, count = losses.accuracy_sums(LOGITS, np.array([[0, 1, 0]], np.int32), pad_id=2)
     assert (float(correct), float(count)) == (3.0, 3.0)
+
+
+def _reference_sums(logits, targets, *, pad_id, eps):
+    """The textbook formula, differentiated by autodiff."""
+    log_p = tf.nn.log_softmax(logits)
+    vocab = logits.shape[-1]
+    smoothed = tf.one_hot(targets, vocab) * (1.0 - eps) + eps / vocab
+    weights = tf.cast(targets != pad_id, tf.float32)
+    return tf.reduce_sum(-tf.reduce_sum(smoothed * log_p, -1) * weights)
+
+
+@pytest.mark.parametrize("eps", [0.0, 0.1])
+def test_gradient_equals_autodiff_of_the_textbook_formula(eps):
+    rng = np.random.default_rng(1)
+    logits = tf.constant(rng.normal(size=[3, 6, 11]).astype(np.float32) * 3)
+    targets = tf.constant(rng.integers(0, 11, size=[3, 6]).astype(np.int32))
+    upstream = 0.7  # a non-unit upstream gradient must scale the result
+    with tf.GradientTape(persistent=True) as tape:
+        tape.watch(logits)
+        ours = losses.cross_entropy_sums(logits, targets, pad_id=0, label_smoothing=eps)[0]
+        reference = _reference_sums(logits, targets, pad_id=0, eps=eps)
+        ours_scaled, reference_scaled = ours * upstream, reference * upstream
+    np.testing.assert_allclose(float(ours), float(reference), rtol=1e-5)
+    ours_grad = tape.gradient(ours_scaled, logits).numpy()
+    reference_grad = tape.gradient(reference_scaled, logits).numpy()
+    np.testing.assert_allclose(ours_grad, reference_grad, atol=1e-6)
+    assert np.all(ours_grad[targets.numpy() == 0] == 0.0)  # padding gets no gradient
+
+
+def test_underflowing_gold_probability_gives_the_exact_loss():
+    # p(gold) = exp(-200) underflows float32; the loss must still be 200 + log(1 + e^-200).
+    logits = np.array([[[200.0, 0.0, 0.0]]], np.float32)
+    targets = np.array([[2]], np.int32)
+    loss_sum, _ = losses.cross_entropy_sums(logits, targets, pad_id=0)
+    np.testing.assert_allclose(float(loss_sum), 200.0, rtol=1e-6)
+    smoothed, _ = losses.cross_entropy_sums(logits, targets, pad_id=0, label_smoothing=0.3)
+    expected = float(_reference_sums(tf.constant(logits), tf.constant(targets), pad_id=0,
+                                     eps=0.3))
+    np.testing.assert_allclose(float(smoothed), expected, rtol=1e-6)
