@@ -20,6 +20,10 @@ def get_config() -> ml_collections.ConfigDict:
     config.data.max_length = 0  # 0: the largest bucket boundary; longer pairs are skipped
     config.data.shuffle_buffer = 8192  # examples held for shuffling (part of the checkpoint)
     config.data.split = "train"  # which split of --data_dir to train on
+    # True: pad every batch to its bucket boundary. Always so under jit_compile and TPU
+    # (XLA needs static shapes); otherwise batches use finer buckets, are padded only to
+    # their longest pair, and the loss projects only real target positions.
+    config.data.static_shapes = False
 
     config.optimizer = ml_collections.ConfigDict()
     config.optimizer.name = "adam"  # "adam" | "adamw"

@@ -157,6 +157,10 @@ class Trainer:
         self.num_replicas = strategy.num_replicas_in_sync
         self.local_replicas = max(self.num_replicas // num_workers, 1)
         train, data = config.train, config.data
+        # XLA (and TPUStrategy, which compiles everything) needs static shapes; other
+        # runs pad each batch only as far as it needs and skip padding in the loss.
+        self._static_shapes = (data.static_shapes or train.jit_compile
+                               or isinstance(strategy, tf.distribute.TPUStrategy))
         with strategy.scope():
             self.model = models.build_model(
                 config.model, vocab_size=data.vocab_size, pad_id=data.pad_id,
@@ -174,7 +178,7 @@ class Trainer:
             tokens_per_batch=max(data.tokens_per_batch // num_workers, 1),
             batch_multiple=self.local_replicas, shuffle_buffer=data.shuffle_buffer,
             seed=train.seed + worker_index, num_input_pipelines=num_workers,
-            input_pipeline_id=worker_index)
+            input_pipeline_id=worker_index, static_shapes=self._static_shapes)
         self.iterator = iter(self.dataset)
         self.checkpoint = tf.train.Checkpoint(
             model=checkpoints.variables_by_index(self.model.variables),
@@ -191,9 +195,9 @@ class Trainer:
         pad_id = self.config.data.pad_id
         with tf.GradientTape() as tape:
             hidden = self.model.decoder_hidden(batch, training=True)
-            if not self.config.train.jit_compile:
+            if not self._static_shapes:
                 # Project only real target positions: the [tokens, vocab] logits are the
-                # step's largest tensor. XLA needs static shapes, so it keeps padding.
+                # step's largest tensor.
                 real = tf.not_equal(targets, pad_id)
                 hidden, targets = tf.boolean_mask(hidden, real), tf.boolean_mask(targets, real)
             loss_sum, tokens = losses.cross_entropy_sums(

@@ -54,6 +54,20 @@ def bucket_batch_sizes(boundaries, *, tokens_per_batch: int, multiple: int = 1) 
     return sizes
 
 
+def fine_boundaries(largest: int) -> list[int]:
+    """Every rounded length (see `features.boundary_granularity`) up to `largest`.
+
+    The buckets to use when shapes need not be static (no XLA): a batch is then padded
+    to its own longest source and target, and narrow buckets keep that close to every
+    pair's length.
+    """
+    boundaries, length = [], 0
+    while length < largest:
+        length = min(largest, length + features.boundary_granularity(length + 1))
+        boundaries.append(length)
+    return boundaries
+
+
 def _read_records(files: list[str], *, num_input_pipelines: int, input_pipeline_id: int):
     """This input pipeline's share of the records: whole files when there are enough."""
     if num_input_pipelines > 1 and len(files) >= num_input_pipelines:
@@ -69,15 +83,20 @@ def _length(example) -> tf.Tensor:
 def make_train_dataset(*, data_dir: str, split: str, boundaries, tokens_per_batch: int,
                        batch_multiple: int = 1, shuffle_buffer: int = 8192, seed: int = 0,
                        num_input_pipelines: int = 1, input_pipeline_id: int = 0,
-                       repeat: bool = True) -> tf.data.Dataset:
-    """Shuffled, bucketed, padded batches of {"inputs", "targets"}: [batch, bucket] int32.
+                       repeat: bool = True, static_shapes: bool = True) -> tf.data.Dataset:
+    """Shuffled, bucketed, padded batches of {"inputs", "targets"}: [batch, length] int32.
 
-    Inputs and targets of one batch are padded to the same bucket boundary; pairs longer
+    With static_shapes (XLA, TPU), inputs and targets of one batch are padded to the same
+    bucket boundary, so the step compiles once per boundary. Without, the buckets are
+    `fine_boundaries` up to the largest boundary and each side is padded to the batch's
+    own longest sequence: less padding, the same token budget per batch. Pairs longer
     than the largest boundary are skipped (preprocess's --max_length normally prevents any).
     """
     boundaries = sorted(int(b) for b in boundaries)
     if not boundaries:
         raise DataDirError("no bucket boundaries: set --config.data.bucket_boundaries")
+    if not static_shapes:
+        boundaries = fine_boundaries(boundaries[-1])
     records, shard_examples = _read_records(
         shard_files(data_dir, split), num_input_pipelines=num_input_pipelines,
         input_pipeline_id=input_pipeline_id)
@@ -103,7 +122,7 @@ def make_train_dataset(*, data_dir: str, split: str, boundaries, tokens_per_batc
         # Lengths < b+1 (i.e. <= b) land in the bucket padded to b - 1 + 1 = b.
         bucket_boundaries=[b + 1 for b in boundaries],
         bucket_batch_sizes=sizes + [sizes[-1]],
-        pad_to_bucket_boundary=True,
+        pad_to_bucket_boundary=static_shapes,
         drop_remainder=True)
     return batches.prefetch(2)
 

@@ -172,3 +172,9 @@ def fast_encode_example(*, inputs, targets, pair_id: str, inputs_text: str = "",
         _TARGETS_TEXT_HEADERS[len(targets_text_bytes)], targets_text_bytes))
     size = len(features)
     return b"\x0a" + (_VARINTS[size] if size < 16384 else _varint(size)) + features
+
+
+def boundary_granularity(length: int) -> int:
+    """Rounding step for a bucket boundary: fine for short sequences, where one extra
+    position is a large share of the padding, coarse (8) for long, hardware-friendly ones."""
+    return 2 if length <= 16 else 4 if length <= 32 else 8

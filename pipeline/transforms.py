@@ -531,12 +531,6 @@ def merge_counts(dicts) -> dict:
     return dict(total)
 
 
-def boundary_granularity(length: int) -> int:
-    """Rounding step for a bucket boundary: fine for short sequences, where one extra
-    position is a large share of the padding, coarse (8) for long, hardware-friendly ones."""
-    return 2 if length <= 16 else 4 if length <= 32 else 8
-
-
 MAX_BUCKETS = 12  # compiled shapes per step function; more buckets, less padding
 
 
@@ -547,12 +541,12 @@ def suggest_bucket_boundaries(length_counts: Mapping[int, int], *, max_length: i
     A batch holds a fixed token budget, so the compute spent on a pair is its bucket's
     boundary: the boundaries minimise sum(count(length) * boundary(length)) with at most
     `max_buckets` buckets (dynamic programming over the candidate boundaries, which are
-    the lengths rounded up by `boundary_granularity` and capped at max_length).
+    the lengths rounded up by `features.boundary_granularity` and capped at max_length).
     `length_counts` maps max(len(inputs), len(targets)) to its number of pairs.
     """
     counts = collections.Counter()
     for length, count in length_counts.items():
-        step = boundary_granularity(length)
+        step = features.boundary_granularity(length)
         counts[min(max_length, -(-length // step) * step)] += count
     if not counts:
         return [min(8, max_length)]

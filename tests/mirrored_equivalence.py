@@ -20,7 +20,11 @@ from pipeline import dataset  # noqa: E402
 
 
 def run(name: str, data_dir: str) -> dict:
-    config = trainer.resolve_config(tiny.get_config(), dataset.load_metadata(data_dir))
+    config = tiny.get_config()
+    # Static buckets: batch sizes then do not depend on the replica count (the finer
+    # dynamic buckets round them to a multiple of it), so both runs see the same batches.
+    config.data.static_shapes = True
+    config = trainer.resolve_config(config, dataset.load_metadata(data_dir))
     keras.utils.set_random_seed(0)
     strategy = (tf.distribute.OneDeviceStrategy("/cpu:0") if name == "one_device"
                 else strategy_lib.create("mirrored"))

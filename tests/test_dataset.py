@@ -47,6 +47,33 @@ def test_train_batches_have_static_bucket_shapes(data_dir):
     assert len(shapes) == 2
 
 
+def test_fine_boundaries_follow_the_granularity():
+    assert dataset.fine_boundaries(40) == [2, 4, 6, 8, 10, 12, 14, 16, 20, 24, 28, 32, 40]
+    assert dataset.fine_boundaries(7) == [2, 4, 6, 7]
+
+
+def test_dynamic_batches_pad_each_side_to_its_own_longest(data_dir):
+    ds = dataset.make_train_dataset(data_dir=data_dir, split="train", boundaries=[8, 16],
+                                    tokens_per_batch=128, shuffle_buffer=16, seed=1,
+                                    static_shapes=False)
+    fine = dataset.fine_boundaries(16)
+    widths = set()
+    for batch in ds.take(30):
+        pair_lengths = []
+        for key in ("inputs", "targets"):
+            tokens = batch[key].numpy()
+            lengths = (tokens != features.PAD_ID).sum(axis=1)
+            assert tokens.shape[1] == lengths.max()  # no all-padding column
+            pair_lengths.append(lengths)
+            widths.add(tokens.shape[1])
+        # All pairs of a batch share one fine bucket, whose token budget sets the size.
+        longest = np.maximum(*pair_lengths)
+        bucket = min(b for b in fine if b >= longest.max())
+        assert all(b < longest.min() or b >= bucket for b in fine)
+        assert len(longest) == 128 // bucket
+    assert len(widths) > 2  # more shapes than the two static buckets
+
+
 def test_input_pipelines_split_the_examples_without_overlap(data_dir):
     def ids(pipeline_id, num):
         ds = dataset.make_train_dataset(

@@ -182,7 +182,7 @@ def test_metadata_contract(full_run, corpus):
         "dev": [f"tsv:{corpus}/dev.tsv"], "test": [f"tsv:{corpus}/test.tsv"]}
     boundaries = metadata["bucket_boundaries"]
     assert boundaries == sorted(boundaries) and boundaries[-1] <= 64
-    assert all(b % transforms.boundary_granularity(b) == 0 for b in boundaries[:-1])
+    assert all(b % features.boundary_granularity(b) == 0 for b in boundaries[:-1])
     for split in ("train", "dev", "test"):
         histogram = metadata["length_histogram"][split]
         assert sum(histogram["inputs"]) == metadata["splits"][split]["written"]

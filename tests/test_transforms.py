@@ -274,7 +274,7 @@ def test_bucket_boundaries_minimise_padding():
     assert transforms.suggest_bucket_boundaries({}, max_length=64) == [8]
     assert transforms.suggest_bucket_boundaries({5: 10}, max_length=100) == [6]
     assert transforms.suggest_bucket_boundaries({99: 1}, max_length=100) == [100]
-    assert [transforms.boundary_granularity(n) for n in (7, 16, 17, 32, 33)] == [2, 2, 4, 4, 8]
+    assert [features.boundary_granularity(n) for n in (7, 16, 17, 32, 33)] == [2, 2, 4, 4, 8]
 
 
 def test_bucket_boundaries_match_brute_force():
@@ -285,8 +285,8 @@ def test_bucket_boundaries_match_brute_force():
         return sum(count * min(b for b in boundaries if b >= length)
                    for length, count in lengths.items())
 
-    candidates = sorted({min(64, -(-n // transforms.boundary_granularity(n))
-                             * transforms.boundary_granularity(n)) for n in lengths})
+    candidates = sorted({min(64, -(-n // features.boundary_granularity(n))
+                             * features.boundary_granularity(n)) for n in lengths})
     for buckets in (1, 2, 3, 4):
         best = min(compute(list(c) + [candidates[-1]])
                    for k in range(buckets)
