@@ -47,8 +47,11 @@ class NoEosModel:
     def encode(self, inputs, training=False):
         return self.model.encode(inputs, training=training)
 
-    def init_cache(self, encoded, max_decode_length):
-        return self.model.init_cache(encoded, max_decode_length)
+    def init_cache(self, encoded, max_decode_length, beam_size=1):
+        return self.model.init_cache(encoded, max_decode_length, beam_size=beam_size)
+
+    def reorder_cache(self, cache, rows):
+        return self.model.reorder_cache(cache, rows)
 
     def decode_step(self, tokens, cache):
         logits, cache = self.model.decode_step(tokens, cache)

@@ -21,6 +21,7 @@ from pipeline import dataset, features, tokenizer
 
 METRICS_FILE = "metrics.jsonl"
 EXAMPLES = 8  # (source, reference, hypothesis) triples returned for the console
+LOG_EVERY_SECONDS = 10  # decoding progress lines, at most one per this many seconds
 
 
 class EvaluationError(RuntimeError):
@@ -109,6 +110,7 @@ def decode_split(run: Run, *, split: str, beam_size: int, alpha: float,
     batches = dataset.make_eval_dataset(data_dir=data_dir, split=split, batch_size=batch_size,
                                         boundaries=run.config.data.bucket_boundaries)
     began, done = time.perf_counter(), 0
+    last_log = began
     for batch in batches:
         inputs = batch[features.INPUTS].numpy()
         real = inputs.shape[0]
@@ -120,7 +122,11 @@ def decode_split(run: Run, *, split: str, beam_size: int, alpha: float,
         sources.extend(t.decode() for t in batch[features.INPUTS_TEXT].numpy())
         references.extend(t.decode() for t in batch[features.TARGETS_TEXT].numpy())
         done += real
-        logging.info("decoded %d sentences (%.1f/s)", done, done / (time.perf_counter() - began))
+        now = time.perf_counter()
+        if now - last_log >= LOG_EVERY_SECONDS:
+            logging.info("decoded %d sentences (%.1f/s)", done, done / (now - began))
+            last_log = now
+    logging.info("decoded %d sentences in %.0f s", done, time.perf_counter() - began)
     return sources, references, hypotheses
 
 

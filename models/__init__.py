@@ -7,8 +7,9 @@ same interface, so nothing downstream branches on the kind:
     # the same, in two halves, so a trainer can project only real target positions:
     logits = model.output_logits(model.decoder_hidden(features, training=...))
     encoded = model.encode(inputs)                      # dict, batch-first tensors
-    cache = model.init_cache(encoded, max_decode_length)
-    logits, cache = model.decode_step(tokens, cache)    # [B] int32 -> [B,V] float32
+    cache = model.init_cache(encoded, max_decode_length, beam_size=1)  # B * beam rows
+    logits, cache = model.decode_step(tokens, cache)    # [rows] int32 -> [rows,V] float32
+    cache = model.reorder_cache(cache, rows)            # row j continues row rows[j]
 
 plus `model.config` (a frozen dataclass with pad_id / eos_id / bos_id), which
 `models.decoding` reads.

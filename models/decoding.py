@@ -1,18 +1,17 @@
 """Greedy and beam-search decoding over the models' incremental caches.
 
 Works with any model exposing the shared interface (`encode`, `init_cache`,
-`decode_step`, and `config.pad_id / eos_id / bos_id`). Every loop variable has a static
+`decode_step`, `reorder_cache`, and `config.pad_id / eos_id / bos_id`). Every loop variable has a static
 shape and the loops are `tf.while_loop`s, so both decoders compile with
 `tf.function(jit_compile=True)` (required under TPUStrategy). They stop early once the
 answer is settled, which XLA handles as a dynamic trip count.
 
-Cache handling: every cache entry has batch as its first dimension, including the
-"step" counter, which is a [batch] int32 vector whose entries are all equal. Beam search
-therefore tiles the cache to [batch * beam, ...] and reorders it after each step with a
-`tf.gather` along axis 0, the same for every entry; no entry is special. Only entries
-that `decode_step` returned unchanged (the same tensor object it was given, such as the
-projected encoder memory) are left alone: they were tiled identically for a sentence's
-beams and never changed, so reordering them within a sentence would not change them.
+Cache handling: `init_cache(encoded, length, beam_size)` lays out a sentence's beams in
+adjacent rows, and after each step beam search calls `reorder_cache(cache, rows)` so that
+row j continues hypothesis `rows[j]`. Each model moves only what differs between a
+sentence's beams: the attention-LSTM its recurrent state, the Transformer a small
+[rows, beam, length] history of which cache slots make up each prefix (its cached keys
+and values never move; see `MultiHeadAttention.attend_history`).
 
 Decode length: buffers are preallocated, so `max_decode_length` must be a Python int.
 `max_decode_length()` derives it from the padded (static) source length of the batch,
@@ -189,8 +188,7 @@ def beam_search(model, inputs, *, beam_size, alpha, max_decode_length):
     config = model.config
     inputs = tf.convert_to_tensor(inputs, tf.int32)
     batch, beam, length = _static_batch(inputs), beam_size, max_decode_length
-    cache = model.init_cache(model.encode(inputs, training=False), length)
-    cache = tf.nest.map_structure(lambda x: tf.repeat(x, beam, axis=0), cache)
+    cache = model.init_cache(model.encode(inputs, training=False), length, beam_size=beam)
     # Beam-major offsets turn per-sentence beam indices into rows of the flat cache.
     row_offsets = (tf.range(batch) * beam)[:, None]
     # Candidates: the top 2 * beam, then the greedy extension. EOS may finish from the
@@ -258,11 +256,7 @@ def beam_search(model, inputs, *, beam_size, alpha, max_decode_length):
         alive_seq = tf.gather(top_seq, pick, batch_dims=1)
         tokens = tf.reshape(tf.gather(top_token, pick, batch_dims=1), [-1])
         rows = tf.reshape(tf.gather(top_beam, pick, batch_dims=1) + row_offsets, [-1])
-        # Entries decode_step passed through untouched (e.g. projected encoder memory)
-        # are identical across a sentence's beams: reordering them would be a no-op copy.
-        cache = tf.nest.map_structure(
-            lambda new, old: new if new is old else tf.gather(new, rows, axis=0),
-            new_cache, state["cache"])
+        cache = model.reorder_cache(new_cache, rows)
 
         # Finished: merge in the real candidates that just emitted EOS.
         finishing = ends & (may_finish | is_greedy) & (top_log_prob > _NEG_INF / 2)

@@ -291,6 +291,43 @@ class MultiHeadAttention(keras.layers.Layer):
         context = tf.einsum("bhqs,bshk->bqhk", probs, value)
         return tf.einsum("bqhk,dhk->bqd", context, self._kernel(self.output_kernel))
 
+    def attend_history(self, query, key, value, *, history):
+        """One new token per row attends to the key/value slots of its beam group.
+
+        Beam search keeps each hypothesis' cached keys and values where they were
+        written instead of copying caches to follow reordered hypotheses: rows come in
+        groups of G (a sentence's beams), row slot g of a group holds what the hypothesis
+        in slot g wrote at each position, and `history` says which (slot, position)
+        entries make up a row's own prefix. Scoring against all G slots costs G times the
+        (small) score products and saves copying [rows, length, dim] caches every step.
+
+        Args:
+            query: [rows, 1, dim], rows = groups * G.
+            key, value: [rows, length, heads, head_dim].
+            history: [rows, G, length] bool; True where the row reads slot g's entry.
+
+        Returns:
+            [rows, 1, dim] in the compute dtype.
+        """
+        group = history.shape[1]
+        length = tf.shape(key)[1]
+        query = tf.cast(query, self.compute_dtype)
+        q = tf.einsum("bqd,dhk->bqhk", query, self._kernel(self.query_kernel))[:, 0]
+        q *= tf.cast(self.head_dim ** -0.5, q.dtype)
+        q = tf.reshape(q, [-1, group, self.num_heads, self.head_dim])
+        key = tf.reshape(key, [-1, group, length, self.num_heads, self.head_dim])
+        value = tf.reshape(value, [-1, group, length, self.num_heads, self.head_dim])
+        scores = tf.einsum("bghk,bslhk->bghsl", q, key)
+        visible = tf.reshape(history, [-1, group, 1, group, length])
+        scores = tf.where(visible, tf.cast(scores, tf.float32), MASK_BIAS)
+        shape = tf.shape(scores)
+        probs = tf.nn.softmax(tf.reshape(scores, [-1, group, self.num_heads,
+                                                  group * length]), axis=-1)
+        probs = tf.cast(tf.reshape(probs, shape), self.compute_dtype)
+        context = tf.einsum("bghsl,bslhk->bghk", probs, value)
+        context = tf.reshape(context, [-1, 1, self.num_heads, self.head_dim])
+        return tf.einsum("bqhk,dhk->bqd", context, self._kernel(self.output_kernel))
+
     def call(self, query, memory, attention_mask, training=False):
         """Full attention: [batch, queries, dim] x [batch, keys, dim] -> [batch, queries, dim].
 

@@ -139,8 +139,9 @@ class LstmAttention(keras.Model):
         model({"inputs": [B,S] int32, "targets": [B,T] int32}, training) -> [B,T,V] float32
         encode(inputs [B,S]) -> {"memory": [B,S,2H], "source_mask": [B,S] bool,
                                  "final_h": [B,2H] (+ "final_c": [B,2H] for LSTM)}
-        init_cache(encoded, max_decode_length) -> dict of [B, ...] tensors
-        decode_step(tokens [B] int32, cache) -> (logits [B,V] float32, cache)
+        init_cache(encoded, max_decode_length, beam_size=1) -> dict of [B*beam, ...]
+        decode_step(tokens [B*beam] int32, cache) -> (logits [B*beam,V] float32, cache)
+        reorder_cache(cache, rows [B*beam] int32) -> cache following the chosen beams
 
     Args:
         config: LstmAttentionConfig.
@@ -327,11 +328,16 @@ class LstmAttention(keras.Model):
         attentional = tf.transpose(attentional, [1, 0, 2])
         return self.dropout(attentional, training=training)
 
-    def init_cache(self, encoded, max_decode_length):
+    def init_cache(self, encoded, max_decode_length, beam_size=1):
         """Decoding state; `max_decode_length` is unused (recurrent state has no length).
 
+        Args:
+            encoded: output of `encode`.
+            max_decode_length: unused.
+            beam_size: rows per sentence (Python int); a sentence's rows are adjacent.
+
         Returns:
-            Dict of tensors, each with batch first:
+            Dict of tensors, each with rows (batch * beam_size) first:
               "step": [batch] int32 (all equal), "source_mask": [batch, S] bool,
               "memory": [batch, S, 2H], "keys": [batch, S, H], "feed": [batch, H],
               "h_{i}" (and "c_{i}" for LSTM): [batch, H] per decoder layer.
@@ -349,7 +355,19 @@ class LstmAttention(keras.Model):
         for i, state in enumerate(self._initial_states(encoded)):
             for name, value in zip(self.state_names, state):
                 cache[f"{name}_{i}"] = value
+        if beam_size > 1:
+            cache = {k: tf.repeat(v, beam_size, axis=0) for k, v in cache.items()}
         return cache
+
+    def reorder_cache(self, cache, rows):
+        """Row j continues the hypothesis of row `rows[j]` (same sentence group).
+
+        The encoder entries are identical within a group, so only the recurrent state
+        and the attentional feed move.
+        """
+        moving = ["feed"] + [f"{name}_{i}" for i in range(self.config.num_decoder_layers)
+                             for name in self.state_names]
+        return dict(cache, **{key: tf.gather(cache[key], rows) for key in moving})
 
     def decode_step(self, tokens, cache):
         """Feeds one token per sequence and returns next-token logits.

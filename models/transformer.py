@@ -77,17 +77,18 @@ class _SelfAttentionBlock(_Block):
                                                          training=training),
                              training)
 
-    def step(self, x, *, key_cache, value_cache, positions, mask):
+    def step(self, x, *, key_cache, value_cache, positions, history):
         """One decoding step with cache update.
 
         Args:
-            x: [batch, 1, d_model] current token.
-            key_cache, value_cache: [batch, max_len, heads, head_dim].
-            positions: [batch] int32 index of the current token.
-            mask: [batch, 1, 1, max_len] bool (future slots hidden).
+            x: [rows, 1, d_model] current token.
+            key_cache, value_cache: [rows, max_len, heads, head_dim].
+            positions: [rows] int32 index of the current token.
+            history: [rows, G, max_len] bool, see `MultiHeadAttention.attend_history`.
 
         Returns:
-            (output [batch, 1, d_model], key_cache, value_cache) updated at `positions`.
+            (output [rows, 1, d_model], key_cache, value_cache), each row's own slot
+            written at `positions`.
         """
         new_caches = []
 
@@ -97,7 +98,8 @@ class _SelfAttentionBlock(_Block):
             for cache, new in ((key_cache, key), (value_cache, value)):
                 new_caches.append(tf.tensor_scatter_nd_update(
                     cache, indices, tf.cast(new[:, 0], cache.dtype)))
-            return self.attention.attend(y, new_caches[0], new_caches[1], mask=mask)
+            return self.attention.attend_history(y, new_caches[0], new_caches[1],
+                                                 history=history)
 
         out = self.residual(x, attend, training=False)
         return out, new_caches[0], new_caches[1]
@@ -166,8 +168,9 @@ class Transformer(keras.Model):
     Interface (same as LstmAttention):
         model({"inputs": [B,S] int32, "targets": [B,T] int32}, training) -> [B,T,V] float32
         encode(inputs [B,S]) -> {"memory": [B,S,d_model], "source_mask": [B,S] bool}
-        init_cache(encoded, max_decode_length) -> dict of [B, ...] tensors
-        decode_step(tokens [B] int32, cache) -> (logits [B,V] float32, cache)
+        init_cache(encoded, max_decode_length, beam_size=1) -> dict of [B*beam, ...]
+        decode_step(tokens [B*beam] int32, cache) -> (logits [B*beam,V] float32, cache)
+        reorder_cache(cache, rows [B*beam] int32) -> cache following the chosen beams
 
     Args:
         config: TransformerConfig.
@@ -282,34 +285,48 @@ class Transformer(keras.Model):
                       memory_mask=memory_mask, training=training)
         return x
 
-    def init_cache(self, encoded, max_decode_length):
-        """Preallocates the decoding state.
+    def init_cache(self, encoded, max_decode_length, beam_size=1):
+        """Preallocates the decoding state for `beam_size` hypotheses per sentence.
 
         Args:
             encoded: output of `encode`.
             max_decode_length: static number of decoding steps the buffers hold.
+            beam_size: rows per sentence (Python int); a sentence's rows are adjacent.
 
         Returns:
-            Dict of tensors, each with batch first:
-              "step": [batch] int32 next position (all equal; a vector so the cache can be
-                tiled/gathered along batch like every other entry),
-              "source_mask": [batch, S] bool,
-              "memory_key_{i}", "memory_value_{i}": [batch, S, heads, head_dim],
-              "key_{i}", "value_{i}": [batch, max_decode_length, heads, head_dim] zeros.
+            Dict of tensors, each with rows (batch * beam_size) first:
+              "step": [rows] int32 next position (all equal),
+              "source_mask": [rows, S] bool,
+              "memory_key_{i}", "memory_value_{i}": [rows, S, heads, head_dim],
+              "key_{i}", "value_{i}": [rows, max_decode_length, heads, head_dim] zeros,
+              "history": [rows, beam_size, max_decode_length] bool: the cache slots
+                  (row of the sentence's group, position) each row's prefix reads.
         """
         memory = encoded["memory"]
-        batch = tf.shape(memory)[0]
         heads = self.config.num_heads
         head_dim = self.config.d_model // heads
-        cache = {"step": tf.zeros([batch], tf.int32), "source_mask": encoded["source_mask"]}
+        cache = {"source_mask": encoded["source_mask"]}
         for i, layer in enumerate(self.decoder_layers):
             key, value = layer.cross_attention.attention.project_key_value(memory)
             cache[f"memory_key_{i}"] = key
             cache[f"memory_value_{i}"] = value
-            zeros = tf.zeros([batch, max_decode_length, heads, head_dim], key.dtype)
+        if beam_size > 1:
+            cache = {k: tf.repeat(v, beam_size, axis=0) for k, v in cache.items()}
+        rows = tf.shape(cache["source_mask"])[0]
+        cache["step"] = tf.zeros([rows], tf.int32)
+        cache["history"] = tf.zeros([rows, beam_size, max_decode_length], tf.bool)
+        zeros = tf.zeros([rows, max_decode_length, heads, head_dim], self.compute_dtype)
+        for i in range(len(self.decoder_layers)):
             cache[f"key_{i}"] = zeros
             cache[f"value_{i}"] = zeros
         return cache
+
+    def reorder_cache(self, cache, rows):
+        """Row j continues the hypothesis of row `rows[j]` (same sentence group).
+
+        Only the history moves: cached keys and values stay in the slot that wrote them.
+        """
+        return dict(cache, history=tf.gather(cache["history"], rows))
 
     def decode_step(self, tokens, cache):
         """Feeds one token per sequence and returns next-token logits.
@@ -322,16 +339,20 @@ class Transformer(keras.Model):
             (logits [batch, vocab] float32, updated cache).
         """
         positions = cache["step"]
-        max_length = tf.shape(cache["key_0"])[1]
+        history = cache["history"]
+        group, max_length = history.shape[1], tf.shape(history)[2]
         x = self._embed(self.target_embedding, tokens[:, None], positions[:, None], False)
-        visible = tf.range(max_length)[None, :] <= positions[:, None]
-        self_mask = visible[:, None, None, :]
+        # Each row writes this position into its own slot and reads it from there.
+        own_slot = tf.equal(tf.range(tf.shape(tokens)[0])[:, None] % group,
+                            tf.range(group)[None, :])
+        now = tf.equal(tf.range(max_length)[None, :], positions[:, None])
+        history = history | (own_slot[:, :, None] & now[:, None, :])
         memory_mask = layers.padding_mask(cache["source_mask"])
-        new_cache = dict(cache)
+        new_cache = dict(cache, history=history)
         for i, layer in enumerate(self.decoder_layers):
             x, new_cache[f"key_{i}"], new_cache[f"value_{i}"] = layer.self_attention.step(
                 x, key_cache=cache[f"key_{i}"], value_cache=cache[f"value_{i}"],
-                positions=positions, mask=self_mask)
+                positions=positions, history=history)
             x = layer.cross_attention(x, key=cache[f"memory_key_{i}"],
                                       value=cache[f"memory_value_{i}"],
                                       attention_mask=memory_mask)

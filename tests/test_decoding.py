@@ -28,8 +28,12 @@ class TableModel:
     def encode(self, inputs, training=False):
         return {"sentence": tf.range(tf.shape(inputs)[0])}
 
-    def init_cache(self, encoded, max_decode_length):
-        return {"sentence": encoded["sentence"], "step": tf.zeros_like(encoded["sentence"])}
+    def init_cache(self, encoded, max_decode_length, beam_size=1):
+        sentence = tf.repeat(encoded["sentence"], beam_size)
+        return {"sentence": sentence, "step": tf.zeros_like(sentence)}
+
+    def reorder_cache(self, cache, rows):
+        return {key: tf.gather(value, rows) for key, value in cache.items()}
 
     def decode_step(self, tokens, cache):
         index = tf.stack([cache["sentence"], cache["step"], tokens], axis=1)
@@ -196,3 +200,41 @@ def test_decoders_compile_with_xla_and_match_eager(name):
         assert jit[0].shape == (6, 7) and jit[1].shape == (6,)
         np.testing.assert_array_equal(jit[0].numpy(), eager[0].numpy())
         np.testing.assert_allclose(jit[1].numpy(), eager[1].numpy(), atol=1e-5)
+
+
+class PrefixModel:
+    """Decodes without a cache: each step re-runs the full teacher-forced pass over the
+    hypothesis' tokens so far, so its beam search cannot depend on cache bookkeeping."""
+
+    def __init__(self, model):
+        self.model, self.config = model, model.config
+
+    def encode(self, inputs, training=False):
+        return {"inputs": inputs}
+
+    def init_cache(self, encoded, max_decode_length, beam_size=1):
+        inputs = tf.repeat(encoded["inputs"], beam_size, axis=0)
+        rows = tf.shape(inputs)[0]
+        return {"inputs": inputs, "step": tf.zeros([rows], tf.int32),
+                "prefix": tf.fill([rows, max_decode_length], PAD)}
+
+    def decode_step(self, tokens, cache):
+        step, prefix = cache["step"], cache["prefix"]
+        previous = tf.equal(tf.range(prefix.shape[1])[None, :], step[:, None] - 1)
+        prefix = tf.where(previous, tokens[:, None], prefix)  # tokens[0] is BOS: not kept
+        logits = self.model({"inputs": cache["inputs"], "targets": prefix}, training=False)
+        logits = tf.gather(logits, step, axis=1, batch_dims=1)
+        return logits, dict(cache, step=step + 1, prefix=prefix)
+
+    def reorder_cache(self, cache, rows):
+        return {key: tf.gather(value, rows) for key, value in cache.items()}
+
+
+@pytest.mark.parametrize("name", sorted(MODELS))
+def test_cached_beam_search_equals_recomputing_every_prefix(name):
+    model, inputs = build(name), sources(3, rows=4)
+    cached = decoding.beam_search(model, inputs, beam_size=3, alpha=0.6, max_decode_length=7)
+    reference = decoding.beam_search(PrefixModel(model), inputs, beam_size=3, alpha=0.6,
+                                     max_decode_length=7)
+    np.testing.assert_array_equal(cached[0].numpy(), reference[0].numpy())
+    np.testing.assert_allclose(cached[1].numpy(), reference[1].numpy(), atol=1e-5)
