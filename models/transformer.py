@@ -294,13 +294,15 @@ class Transformer(keras.Model):
             beam_size: rows per sentence (Python int); a sentence's rows are adjacent.
 
         Returns:
-            Dict of tensors, each with rows (batch * beam_size) first:
+            Dict of tensors, rows = batch * beam_size:
               "step": [rows] int32 next position (all equal),
-              "source_mask": [rows, S] bool,
-              "memory_key_{i}", "memory_value_{i}": [rows, S, heads, head_dim],
               "key_{i}", "value_{i}": [rows, max_decode_length, heads, head_dim] zeros,
               "history": [rows, beam_size, max_decode_length] bool: the cache slots
-                  (row of the sentence's group, position) each row's prefix reads.
+                  (row of the sentence's group, position) each row's prefix reads,
+              and once per sentence, shared by its beams (cross-attention takes a
+              sentence's beams as one group of queries):
+              "source_mask": [batch, S] bool,
+              "memory_key_{i}", "memory_value_{i}": [batch, S, heads, head_dim].
         """
         memory = encoded["memory"]
         heads = self.config.num_heads
@@ -310,9 +312,7 @@ class Transformer(keras.Model):
             key, value = layer.cross_attention.attention.project_key_value(memory)
             cache[f"memory_key_{i}"] = key
             cache[f"memory_value_{i}"] = value
-        if beam_size > 1:
-            cache = {k: tf.repeat(v, beam_size, axis=0) for k, v in cache.items()}
-        rows = tf.shape(cache["source_mask"])[0]
+        rows = tf.shape(memory)[0] * beam_size
         cache["step"] = tf.zeros([rows], tf.int32)
         cache["history"] = tf.zeros([rows, beam_size, max_decode_length], tf.bool)
         zeros = tf.zeros([rows, max_decode_length, heads, head_dim], self.compute_dtype)
@@ -332,11 +332,11 @@ class Transformer(keras.Model):
         """Feeds one token per sequence and returns next-token logits.
 
         Args:
-            tokens: [batch] int32, the previous token (bos_id at the first step).
+            tokens: [rows] int32, the previous token (bos_id at the first step).
             cache: from `init_cache` or the previous `decode_step`.
 
         Returns:
-            (logits [batch, vocab] float32, updated cache).
+            (logits [rows, vocab] float32, updated cache).
         """
         positions = cache["step"]
         history = cache["history"]
@@ -353,9 +353,10 @@ class Transformer(keras.Model):
             x, new_cache[f"key_{i}"], new_cache[f"value_{i}"] = layer.self_attention.step(
                 x, key_cache=cache[f"key_{i}"], value_cache=cache[f"value_{i}"],
                 positions=positions, history=history)
-            x = layer.cross_attention(x, key=cache[f"memory_key_{i}"],
-                                      value=cache[f"memory_value_{i}"],
-                                      attention_mask=memory_mask)
-            x = layer.feed_forward(x)
+            sentences = tf.reshape(x, [-1, group, self.config.d_model])
+            sentences = layer.cross_attention(sentences, key=cache[f"memory_key_{i}"],
+                                              value=cache[f"memory_value_{i}"],
+                                              attention_mask=memory_mask)
+            x = layer.feed_forward(tf.reshape(sentences, [-1, 1, self.config.d_model]))
         new_cache["step"] = positions + 1
         return self.output_logits(x[:, 0]), new_cache
