@@ -1,9 +1,9 @@
 """Greedy and beam-search decoding over the models' incremental caches.
 
 Works with any model exposing the shared interface (`encode`, `init_cache`,
-`decode_step`, `reorder_cache`, and `config.pad_id / eos_id / bos_id`). Every loop variable has a static
-shape and the loops are `tf.while_loop`s, so both decoders compile with
-`tf.function(jit_compile=True)` (required under TPUStrategy). They stop early once the
+`decode_step`, `reorder_cache`, and `config.pad_id / eos_id / bos_id`). Every loop
+variable has a static shape and the loops are `tf.while_loop`s, so both decoders compile
+with `tf.function(jit_compile=True)` (required under TPUStrategy). They stop early once the
 answer is settled, which XLA handles as a dynamic trip count.
 
 Cache handling: `init_cache(encoded, length, beam_size)` lays out a sentence's beams in
