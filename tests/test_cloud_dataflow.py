@@ -7,7 +7,8 @@ from contextlib import redirect_stdout
 
 import pytest
 
-from launch.cloud import cli, dataflow
+import cli_errors
+from launch.cloud import dataflow
 
 ARGS = ["--project=proj", "--region=us-central1", "--temp_location=gs://b/tmp",
         "--train=tsv:gs://b/raw/train.tsv", "--output_dir=gs://b/data/ende"]
@@ -78,9 +79,5 @@ def test_s2s_preprocess_and_beam_accept_every_flag():
     (["--split_fractions=dev:0.1", "--output_dir=out"], "--output_dir='out' must be"),
 ])
 def test_bad_input_is_one_line(args, message, capsys):
-    with pytest.raises(SystemExit) as exit_info:
-        cli.run_main(dataflow.PROG, dataflow.main, [*ARGS, *args, "--dry-run"])
-    assert exit_info.value.code == 2
-    err = capsys.readouterr().err
-    assert err.startswith(f"{dataflow.PROG}: error: ")
-    assert message in err and err.count("\n") == 1
+    cli_errors.assert_one_line_error(capsys, prog=dataflow.PROG, main=dataflow.main,
+                                     argv=[*ARGS, *args, "--dry-run"], message=message)

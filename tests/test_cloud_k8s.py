@@ -10,6 +10,7 @@ from contextlib import redirect_stdout
 import pytest
 import yaml
 
+import cli_errors
 from launch.cloud import k8s, k8s_worker
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -157,10 +158,5 @@ def test_checked_in_manifests_exist_for_both_variants():
     (["--name=s2s", "--override=no_equals"], "must look like section.field=value"),
 ])
 def test_bad_input_is_one_line(args, message, capsys):
-    from launch.cloud import cli
-    with pytest.raises(SystemExit) as exit_info:
-        cli.run_main(k8s.PROG, k8s.main, [*BASE[1:], *args, "--dry-run"])
-    assert exit_info.value.code == 2
-    err = capsys.readouterr().err
-    assert err.startswith(f"{k8s.PROG}: error: ")
-    assert message in err and err.count("\n") == 1
+    cli_errors.assert_one_line_error(capsys, prog=k8s.PROG, main=k8s.main,
+                                     argv=[*BASE[1:], *args, "--dry-run"], message=message)

@@ -10,7 +10,8 @@ from contextlib import redirect_stdout
 
 import pytest
 
-from launch.cloud import cli, tpu_vm
+import cli_errors
+from launch.cloud import tpu_vm
 
 ARGS = ["--name=s2s-tpu", "--project=proj", "--zone=us-west4-a",
         "--image=us-docker.pkg.dev/proj/s2s/s2s-pipeline:tpu",
@@ -67,12 +68,8 @@ def test_train_on_an_existing_tpu_and_down():
     (["up", *ARGS[:5], "--workdir=/tmp/run"], "--workdir='/tmp/run' must be a gs:// path"),
 ])
 def test_bad_input_is_one_line(args, message, capsys):
-    with pytest.raises(SystemExit) as exit_info:
-        cli.run_main(tpu_vm.PROG, tpu_vm.main, [*args, "--dry-run"])
-    assert exit_info.value.code == 2
-    err = capsys.readouterr().err
-    assert err.startswith(f"{tpu_vm.PROG}: error: ")
-    assert message in err and err.count("\n") == 1
+    cli_errors.assert_one_line_error(capsys, prog=tpu_vm.PROG, main=tpu_vm.main,
+                                     argv=[*args, "--dry-run"], message=message)
 
 
 @pytest.fixture

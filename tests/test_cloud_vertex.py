@@ -8,6 +8,7 @@ from contextlib import redirect_stdout
 import pytest
 import yaml
 
+import cli_errors
 from launch.cloud import cli, vertex
 
 COMMON = ["--project=proj", "--region=europe-west4", "--image=img:3",
@@ -104,12 +105,8 @@ def test_gcloud_format_is_the_job_spec_of_the_rest_body():
       "--workdir=gs://b/w", "--accelerator_count=0"], "go together"),
 ])
 def test_bad_input_is_one_line(args, message, capsys):
-    with pytest.raises(SystemExit) as exit_info:
-        cli.run_main(vertex.PROG, vertex.main, [*args, "--dry-run"])
-    assert exit_info.value.code == 2
-    err = capsys.readouterr().err
-    assert err.startswith(f"{vertex.PROG}: error: ")
-    assert message in err and err.count("\n") == 1
+    cli_errors.assert_one_line_error(capsys, prog=vertex.PROG, main=vertex.main,
+                                     argv=[*args, "--dry-run"], message=message)
 
 
 class FakeResponse:
