@@ -95,8 +95,12 @@ def max_decode_length(run: Run) -> int:
 
 
 def decode_split(run: Run, *, split: str, beam_size: int, alpha: float,
-                 data_dir: str) -> tuple[list[str], list[str], list[str]]:
-    """(sources, references, hypotheses) as text, in file order."""
+                 data_dir: str) -> tuple[list[str], list[list[str]], list[str]]:
+    """(sources, references, hypotheses) as text, one entry per distinct source.
+
+    A source that appears more than once (a word with several pronunciations, a message
+    with several translations) is decoded once and scored against all its references.
+    """
     batch_size = run.config.decode.batch_size
     budget = max_decode_length(run)
 
@@ -107,20 +111,32 @@ def decode_split(run: Run, *, split: str, beam_size: int, alpha: float,
         return tokens
 
     sources, references, hypotheses = [], [], []
+    position = {}  # source text -> its index in the three lists
     batches = dataset.make_eval_dataset(data_dir=data_dir, split=split, batch_size=batch_size,
                                         boundaries=run.config.data.bucket_boundaries)
     began, done = time.perf_counter(), 0
     last_log = began
     for batch in batches:
-        inputs = batch[features.INPUTS].numpy()
+        texts = [t.decode() for t in batch[features.INPUTS_TEXT].numpy()]
+        targets = [t.decode() for t in batch[features.TARGETS_TEXT].numpy()]
+        new_rows = []
+        for row, (text, target) in enumerate(zip(texts, targets)):
+            if text in position:
+                references[position[text]].append(target)
+                continue
+            position[text] = len(sources)
+            sources.append(text)
+            references.append([target])
+            new_rows.append(row)
+        if not new_rows:
+            continue
+        inputs = batch[features.INPUTS].numpy()[new_rows]
         real = inputs.shape[0]
-        if real < batch_size:  # pad the last batch: one compiled shape per bucket
+        if real < batch_size:  # pad the batch: one compiled shape per bucket
             inputs = np.pad(inputs, [[0, batch_size - real], [0, 0]])
             inputs[real:, 0] = run.config.data.eos_id
         tokens = search(tf.constant(inputs)).numpy()[:real]
         hypotheses.extend(run.target_tokenizer.detokenize(row) for row in tokens)
-        sources.extend(t.decode() for t in batch[features.INPUTS_TEXT].numpy())
-        references.extend(t.decode() for t in batch[features.TARGETS_TEXT].numpy())
         done += real
         now = time.perf_counter()
         if now - last_log >= LOG_EVERY_SECONDS:
@@ -142,21 +158,35 @@ def edit_distance(a: list[str], b: list[str]) -> int:
     return previous[-1]
 
 
-def score(hypotheses: list[str], references: list[str], *, g2p: bool) -> dict:
-    """BLEU and chrF with sacreBLEU signatures; for G2P also word and phoneme error rate."""
+def score(hypotheses: list[str], references: list[list[str]], *, g2p: bool) -> dict:
+    """BLEU and chrF with sacreBLEU signatures; for G2P also word and phoneme error rate.
+
+    references[i] holds every reference of hypothesis i. For G2P a word is right when it
+    equals any of them (the convention of published CMUdict results), and its phoneme
+    errors are the edits to the closest one, over that reference's length.
+    """
+    streams = [[refs[k] if k < len(refs) else None for refs in references]
+               for k in range(max((len(refs) for refs in references), default=1))]
     bleu, chrf = sacrebleu.metrics.BLEU(), sacrebleu.metrics.CHRF()
     result = {
-        "bleu": bleu.corpus_score(hypotheses, [references]).score,
+        "bleu": bleu.corpus_score(hypotheses, streams).score,
         "bleu_signature": str(bleu.get_signature()),
-        "chrf": chrf.corpus_score(hypotheses, [references]).score,
+        "chrf": chrf.corpus_score(hypotheses, streams).score,
         "chrf_signature": str(chrf.get_signature()),
         "num_sentences": len(references),
+        "num_references": sum(len(refs) for refs in references),
     }
     if g2p:
-        pairs = [(h.split(), r.split()) for h, r in zip(hypotheses, references)]
-        result["wer"] = 100.0 * sum(h != r for h, r in pairs) / max(len(pairs), 1)
-        result["per"] = 100.0 * sum(edit_distance(h, r) for h, r in pairs) / max(
-            sum(len(r) for _, r in pairs), 1)
+        wrong = edits = length = 0
+        for hypothesis, refs in zip(hypotheses, references):
+            phones = hypothesis.split()
+            distance, closest = min((edit_distance(phones, r.split()), len(r.split()))
+                                    for r in refs)
+            wrong += distance > 0
+            edits += distance
+            length += closest
+        result["wer"] = 100.0 * wrong / max(len(references), 1)
+        result["per"] = 100.0 * edits / max(length, 1)
     return result
 
 
@@ -218,7 +248,8 @@ def evaluate_checkpoint(run: Run, path: str, *, workdir: str, data_dir: str, spl
             max_decode_length=max_decode_length(run),
             info={"step": step, "split": split, "averaged": average_last, **extra})
         row["exported"] = os.path.join(workdir, "export", "best")
-    row["examples"] = list(zip(sources, references, hypotheses))[:EXAMPLES]
+    row["examples"] = [(source, " | ".join(refs), hypothesis) for source, refs, hypothesis
+                       in zip(sources, references, hypotheses)][:EXAMPLES]
     return row
 
 

@@ -25,8 +25,11 @@ MALFORMED = "malformed"  # e.g. a TSV line without exactly one tab; goes to the 
 GETTEXT_HEADER = "gettext_header"  # the catalog's metadata entry (msgid "")
 GETTEXT_PLURAL = "gettext_plural"  # plural forms: no one-to-one pair
 GETTEXT_UNTRANSLATED = "gettext_untranslated"  # empty msgstr
-CMUDICT_ALTERNATE = "cmudict_alternate"  # "word(2)": only the first pronunciation is kept
+CMUDICT_ALTERNATE = "cmudict_alternate"  # "word(2)": a further pronunciation of a word
 READER_SKIP_REASONS = (GETTEXT_HEADER, GETTEXT_PLURAL, GETTEXT_UNTRANSLATED, CMUDICT_ALTERNATE)
+# Marks of records skipped (and counted) only in train: in dev and test they are further
+# references of their source, so scoring accepts any of a word's pronunciations.
+TRAIN_ONLY_SKIP_REASONS = (CMUDICT_ALTERNATE,)
 
 DEFAULT_LOCALE_DIR = "/usr/share/locale"
 _BOM = b"\xef\xbb\xbf"
@@ -182,7 +185,9 @@ class CmudictLexicon:
 
     Source: the spelling with characters separated by spaces ("h e l l o"); target: ARPAbet
     phonemes without stress digits ("HH AH L OW"). Alternative pronunciations ("word(2)")
-    are skipped and counted as cmudict_alternate, so every word has exactly one target.
+    are marked cmudict_alternate: train keeps one target per word (the first), dev and
+    test keep them all as references, as published CMUdict word error rates count a word
+    right when it matches any of its pronunciations.
     """
     split: str
 

@@ -180,7 +180,7 @@ class CleanPairs(beam.DoFn):
         need_keys = fractions is not None or emit_eval_keys
         any_control, fingerprint = _ANY_CONTROL.search, features.fingerprint
         for split, origin, number, raw_source, raw_target, problem in unpack(batch):
-            if problem:
+            if problem and problem not in sources.TRAIN_ONLY_SKIP_REASONS:
                 read[split] += 1
                 counts[(split, DROPPED, problem)] += 1
                 if problem in DEAD_LETTER_REASONS:
@@ -206,6 +206,9 @@ class CleanPairs(beam.DoFn):
                 if fractions is not None and split == "train":
                     split = fractions.assign(digest)
             read[split] += 1
+            if problem and split == "train":  # a further reference: only dev/test keep it
+                counts[(split, DROPPED, problem)] += 1
+                continue
             if normalized:
                 counts[(split, NORMALIZED)] += 1
             if not source or not target:

@@ -45,19 +45,62 @@ def copy_workdir(trained, tmp_path):
 def test_score_matches_sacrebleu_on_fixed_strings():
     hyps = ["the cat sat on the mat", "a dog barked loudly today"]
     refs = ["the cat sat on a mat", "the dog barked loudly today"]
-    result = evaluator.score(hyps, refs, g2p=False)
+    result = evaluator.score(hyps, [[r] for r in refs], g2p=False)
     assert result["bleu"] == pytest.approx(sacrebleu.corpus_bleu(hyps, [refs]).score)
     assert result["chrf"] == pytest.approx(sacrebleu.corpus_chrf(hyps, [refs]).score)
     assert result["bleu_signature"].startswith("nrefs:1|")
     assert "wer" not in result
 
 
+def test_score_takes_a_varying_number_of_references():
+    hyps = ["the cat sat on the mat", "a dog barked loudly today"]
+    refs = [["the cat sat on a mat", "the cat sat on the mat"], ["the dog barked loudly today"]]
+    result = evaluator.score(hyps, refs, g2p=False)
+    streams = [[refs[0][0], refs[1][0]], [refs[0][1], None]]
+    assert result["bleu"] == pytest.approx(sacrebleu.corpus_bleu(hyps, streams).score)
+    assert result["bleu"] > sacrebleu.corpus_bleu(hyps, [streams[0]]).score
+    assert result["bleu_signature"].startswith("nrefs:var|")
+    assert (result["num_sentences"], result["num_references"]) == (2, 3)
+
+
 def test_g2p_word_and_phoneme_error_rates():
     hyps = ["HH AH L OW", "W ER L D", "K AE T"]
     refs = ["HH AH L OW", "W ER L D Z", "B AE T"]
-    result = evaluator.score(hyps, refs, g2p=True)
+    result = evaluator.score(hyps, [[r] for r in refs], g2p=True)
     assert result["wer"] == pytest.approx(100 * 2 / 3)
     assert result["per"] == pytest.approx(100 * 2 / 12)  # one deletion, one substitution
+
+
+def test_g2p_word_is_right_when_it_matches_any_pronunciation():
+    hyps = ["HH EH L OW", "T AH M EY T OW", "K AE T"]
+    refs = [["HH AH L OW", "HH EH L OW"],           # right: the second pronunciation
+            ["T AH M AA T OW", "T AH M EY T OW"],   # right
+            ["K AE T S", "B AE T"]]                  # wrong: 1 edit to either; ties -> shorter
+    result = evaluator.score(hyps, refs, g2p=True)
+    assert result["wer"] == pytest.approx(100 / 3)
+    assert result["per"] == pytest.approx(100 * 1 / (4 + 6 + 3))
+
+
+def test_a_repeated_source_is_decoded_once_and_scored_against_all_its_references(
+        trained, tmp_path):
+    data_dir, workdir = copy_workdir(trained, tmp_path)
+    data_copy = str(tmp_path / "data")
+    shutil.copytree(data_dir, data_copy)
+    pairs = toy_data.make_pairs(32, seed=2)  # the test split
+    extra = [(source, target[::-1]) for source, target in pairs[:4]]
+    toy_data.write_split(data_copy, "test", pairs + extra)
+    row = evaluator.evaluate(workdir=workdir, data_dir=data_copy, split="test")[0]
+    grouped = {}  # source -> references, in file order
+    for source, target in pairs + extra:
+        grouped.setdefault(source, []).append(target)
+    assert (row["num_sentences"], row["num_references"]) == (len(grouped), 36)
+    hyps = open(os.path.join(workdir, "eval", "test", "hyp-400.txt")).read().splitlines()
+    assert len(hyps) == len(grouped) < 36
+    refs = list(grouped.values())
+    streams = [[r[k] if k < len(r) else None for r in refs] for k in range(max(map(len, refs)))]
+    assert row["bleu"] == pytest.approx(sacrebleu.corpus_bleu(hyps, streams).score)
+    assert row["examples"][0] == (pairs[0][0], " | ".join(refs[0]), hyps[0])
+    assert len(refs[0]) >= 2
 
 
 def test_evaluate_latest_writes_metrics_hypotheses_and_best_export(trained, tmp_path):

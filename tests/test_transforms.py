@@ -128,6 +128,27 @@ def test_clean_pairs_carves_splits_and_counts_them_where_they_land():
                                       ("train", "read"): 1}]), label="stats")
 
 
+def test_alternate_pronunciations_are_references_in_dev_and_test_but_skipped_in_train():
+    raw = [("train", "d", i, word, phones, problem) for i, (word, phones, problem) in enumerate([
+        ("m", "EH M", ""), ("m", "EH M Z", "cmudict_alternate"),          # -> test
+        ("hello", "HH AH L OW", ""), ("hello", "HH EH L OW", "cmudict_alternate"),  # -> train
+    ], 1)] + [("dev", "d", 5, "k", "K EY", "cmudict_alternate")]  # an explicit dev source
+    with local_pipeline() as pipeline:
+        outputs = (pipeline
+                   | beam.Create([transforms.pack(raw)])
+                   | beam.ParDo(transforms.CleanPairs(fractions=FIVE_FIVE, emit_eval_keys=False))
+                   .with_outputs("stats", main="pairs"))
+        kept = outputs.pairs | beam.FlatMap(lambda batch: [(p[0], p[1], p[2]) for p in batch])
+        assert_that(kept, equal_to([("test", "m", "EH M"), ("test", "m", "EH M Z"),
+                                    ("train", "hello", "HH AH L OW"), ("dev", "k", "K EY")]))
+        stats = outputs.stats | beam.Values() | "Sum" >> beam.CombineGlobally(
+            transforms.merge_counts)
+        assert_that(stats, equal_to([{("test", "read"): 2, ("train", "read"): 2,
+                                      ("dev", "read"): 1,
+                                      ("train", "dropped", "cmudict_alternate"): 1}]),
+                    label="stats")
+
+
 def test_clean_counts_reach_beam_metrics():
     pipeline = local_pipeline()
     _ = (pipeline

@@ -24,12 +24,12 @@ def _random_words(rng: random.Random) -> str:
 
 
 def make_pairs(count: int, *, seed: int) -> list[tuple[str, str]]:
+    """`count` copy-task pairs with distinct sources (the evaluator groups repeated ones)."""
     rng = random.Random(seed)
-    pairs = []
-    for _ in range(count):
-        source = _random_words(rng)
-        pairs.append((source, source.upper()))
-    return pairs
+    sources = {}
+    while len(sources) < count:
+        sources.setdefault(_random_words(rng))
+    return [(source, source.upper()) for source in sources]
 
 
 def train_tokenizer(output_dir: str) -> str:
@@ -43,6 +43,22 @@ def train_tokenizer(output_dir: str) -> str:
     return prefix + ".model"
 
 
+def write_split(output_dir: str, split: str, pairs: list[tuple[str, str]], *,
+                num_shards: int = 1, processor=None) -> None:
+    """(Re)writes a split's TFRecord shards from text pairs with the directory's tokenizer."""
+    processor = processor or spm.SentencePieceProcessor(
+        model_file=os.path.join(output_dir, "spm.model"))
+    for shard in range(num_shards):
+        path = os.path.join(output_dir, f"{split}-{shard:05d}-of-{num_shards:05d}.tfrecord")
+        with tf.io.TFRecordWriter(path) as writer:
+            for source, target in pairs[shard::num_shards]:
+                writer.write(features.encode_example(
+                    inputs=processor.encode(source) + [features.EOS_ID],
+                    targets=processor.encode(target) + [features.EOS_ID],
+                    pair_id=features.fingerprint(source, target),
+                    inputs_text=source, targets_text=target))
+
+
 def make_toy_data_dir(output_dir: str, *, num_train: int = 512, num_dev: int = 32,
                       num_test: int = 32, train_shards: int = 2) -> str:
     tf.io.gfile.makedirs(output_dir)
@@ -52,16 +68,8 @@ def make_toy_data_dir(output_dir: str, *, num_train: int = 512, num_dev: int = 3
     splits = {}
     for seed, (split, count) in enumerate(counts.items()):
         pairs = make_pairs(count, seed=seed)
-        num_shards = train_shards if split == "train" else 1
-        for shard in range(num_shards):
-            path = os.path.join(output_dir, f"{split}-{shard:05d}-of-{num_shards:05d}.tfrecord")
-            with tf.io.TFRecordWriter(path) as writer:
-                for source, target in pairs[shard::num_shards]:
-                    writer.write(features.encode_example(
-                        inputs=processor.encode(source) + [features.EOS_ID],
-                        targets=processor.encode(target) + [features.EOS_ID],
-                        pair_id=features.fingerprint(source, target),
-                        inputs_text=source, targets_text=target))
+        write_split(output_dir, split, pairs,
+                    num_shards=train_shards if split == "train" else 1, processor=processor)
         splits[split] = {"read": count, "written": count, "dropped": {}}
     with open(model_path, "rb") as f:
         sha256 = hashlib.sha256(f.read()).hexdigest()
