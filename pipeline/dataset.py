@@ -87,16 +87,16 @@ def make_train_dataset(*, data_dir: str, split: str, boundaries, tokens_per_batc
     """Shuffled, bucketed, padded batches of {"inputs", "targets"}: [batch, length] int32.
 
     With static_shapes (XLA, TPU), inputs and targets of one batch are padded to the same
-    bucket boundary, so the step compiles once per boundary. Without, pairs are grouped by
-    the `fine_boundaries` buckets of their source AND target lengths, and each side is
-    padded to the batch's own longest sequence: a source much shorter than its target no
-    longer shares a batch with long sources (half the padding of grouping by the longer
-    side alone, on gettext and CMUdict), at the same token budget per batch. Pairs longer
+    bucket boundary, so the step compiles once per boundary. Without, the buckets are
+    `fine_boundaries` up to the largest boundary and each side is padded to the batch's
+    own longest sequence: less padding, the same token budget per batch. Pairs longer
     than the largest boundary are skipped (preprocess's --max_length normally prevents any).
     """
     boundaries = sorted(int(b) for b in boundaries)
     if not boundaries:
         raise DataDirError("no bucket boundaries: set --config.data.bucket_boundaries")
+    if not static_shapes:
+        boundaries = fine_boundaries(boundaries[-1])
     records, shard_examples = _read_records(
         shard_files(data_dir, split), num_input_pipelines=num_input_pipelines,
         input_pipeline_id=input_pipeline_id)
@@ -115,11 +115,6 @@ def make_train_dataset(*, data_dir: str, split: str, boundaries, tokens_per_batc
     examples = records.map(keep_tokens, num_parallel_calls=tf.data.AUTOTUNE,
                            deterministic=True)
     examples = examples.filter(lambda ex: _length(ex) <= boundaries[-1])
-    if not static_shapes:
-        batches = _batch_by_both_lengths(examples, fine_boundaries(boundaries[-1]),
-                                         tokens_per_batch=tokens_per_batch,
-                                         multiple=batch_multiple)
-        return batches.prefetch(2)
     sizes = bucket_batch_sizes(boundaries, tokens_per_batch=tokens_per_batch,
                                multiple=batch_multiple)
     batches = examples.bucket_by_sequence_length(
@@ -127,36 +122,9 @@ def make_train_dataset(*, data_dir: str, split: str, boundaries, tokens_per_batc
         # Lengths < b+1 (i.e. <= b) land in the bucket padded to b - 1 + 1 = b.
         bucket_boundaries=[b + 1 for b in boundaries],
         bucket_batch_sizes=sizes + [sizes[-1]],
-        pad_to_bucket_boundary=True,
+        pad_to_bucket_boundary=static_shapes,
         drop_remainder=True)
     return batches.prefetch(2)
-
-
-def _batch_by_both_lengths(examples: tf.data.Dataset, boundaries: list[int], *,
-                           tokens_per_batch: int, multiple: int) -> tf.data.Dataset:
-    """Batches pairs whose source and target lengths fall in the same pair of buckets.
-
-    The batch size of bucket pair (i, j) is the token budget over the larger of the two
-    boundaries, as `bucket_batch_sizes` gives it; each side is padded to its batch maximum.
-    """
-    count = len(boundaries)
-    edges = tf.constant(boundaries, tf.int32)
-    per_boundary = bucket_batch_sizes(boundaries, tokens_per_batch=tokens_per_batch,
-                                      multiple=multiple)
-    sizes = tf.constant([min(per_boundary[i], per_boundary[j])
-                         for i in range(count) for j in range(count)], tf.int64)
-
-    def key(example):
-        lengths = tf.stack([tf.size(example[features.INPUTS]),
-                            tf.size(example[features.TARGETS])])
-        index = tf.searchsorted(edges, lengths, side="left")  # first boundary >= length
-        return tf.cast(index[0] * count + index[1], tf.int64)
-
-    def batch(bucket, window):
-        return window.padded_batch(tf.gather(sizes, bucket), drop_remainder=True)
-
-    return examples.group_by_window(key_func=key, reduce_func=batch,
-                                    window_size_func=lambda bucket: tf.gather(sizes, bucket))
 
 
 def make_eval_dataset(*, data_dir: str, split: str, batch_size: int,
