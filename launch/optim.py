@@ -41,6 +41,48 @@ class WarmupSchedule(keras.optimizers.schedules.LearningRateSchedule):
                 "total_steps": self.total_steps}
 
 
+class _FusedAdamUpdate:
+    """Adam's update as one ResourceApplyAdam kernel per variable.
+
+    Keras computes it with about ten elementwise ops per variable; on a CPU their dispatch
+    and memory passes cost the bench model (about 100 variables) some 25 ms a step. The
+    arithmetic is the same: m and v moving averages, bias-corrected step size, epsilon
+    added to sqrt(v). AdamW's decoupled weight decay is applied before, by Keras.
+    """
+
+    def update_step(self, gradient, variable, learning_rate):
+        if self.amsgrad:
+            return super().update_step(gradient, variable, learning_rate)
+        index = self._get_variable_index(variable)
+        dtype = variable.dtype
+        step = tf.cast(self.iterations + 1, dtype)
+        beta_1, beta_2 = tf.cast(self.beta_1, dtype), tf.cast(self.beta_2, dtype)
+        if isinstance(gradient, tf.IndexedSlices):
+            gradient = tf.convert_to_tensor(gradient)
+        tf.raw_ops.ResourceApplyAdam(
+            var=_handle(variable), m=_handle(self._momentums[index]),
+            v=_handle(self._velocities[index]), beta1_power=tf.pow(beta_1, step),
+            beta2_power=tf.pow(beta_2, step), lr=tf.cast(learning_rate, dtype),
+            beta1=beta_1, beta2=beta_2, epsilon=tf.cast(self.epsilon, dtype),
+            grad=tf.cast(gradient, dtype))
+
+
+def _handle(variable):
+    """The resource handle of a Keras or tf variable (this device's copy under
+    tf.distribute, where the update runs inside `strategy.extended.update`)."""
+    if isinstance(variable, keras.Variable):
+        variable = variable.value
+    return variable.handle
+
+
+class FusedAdam(_FusedAdamUpdate, keras.optimizers.Adam):
+    """keras.optimizers.Adam with the fused update."""
+
+
+class FusedAdamW(_FusedAdamUpdate, keras.optimizers.AdamW):
+    """keras.optimizers.AdamW with the fused update."""
+
+
 def create_optimizer(config, *, total_steps: int, float16: bool) -> keras.optimizers.Optimizer:
     """Adam/AdamW wrapped in a LossScaleOptimizer, which skips non-finite steps.
 
@@ -52,9 +94,9 @@ def create_optimizer(config, *, total_steps: int, float16: bool) -> keras.optimi
     common = dict(learning_rate=schedule, beta_1=config.beta1, beta_2=config.beta2,
                   epsilon=config.epsilon)
     if config.name == "adam":
-        inner = keras.optimizers.Adam(**common)
+        inner = FusedAdam(**common)
     elif config.name == "adamw":
-        inner = keras.optimizers.AdamW(weight_decay=config.weight_decay, **common)
+        inner = FusedAdamW(weight_decay=config.weight_decay, **common)
     else:
         raise ValueError(f"optimizer {config.name!r} is not one of {OPTIMIZERS}")
     if float16:

@@ -46,6 +46,36 @@ def test_optimizer_is_wrapped_for_loss_scaling(name, float16, scale):
         beta2=0.98, epsilon=1e-9, weight_decay=0.01))
     optimizer = optim.create_optimizer(config, total_steps=10, float16=float16)
     assert isinstance(optimizer, keras.optimizers.LossScaleOptimizer)
-    inner = keras.optimizers.AdamW if name == "adamw" else keras.optimizers.Adam
+    inner = optim.FusedAdamW if name == "adamw" else optim.FusedAdam
     assert type(optimizer.inner_optimizer) is inner
     assert float(optimizer.scale_loss(1.0)) == scale
+
+
+@pytest.mark.parametrize("fused, reference", [
+    (lambda: optim.FusedAdam(learning_rate=1e-2, beta_2=0.98, epsilon=1e-6),
+     lambda: keras.optimizers.Adam(learning_rate=1e-2, beta_2=0.98, epsilon=1e-6)),
+    (lambda: optim.FusedAdamW(learning_rate=1e-2, weight_decay=0.1),
+     lambda: keras.optimizers.AdamW(learning_rate=1e-2, weight_decay=0.1)),
+])
+def test_fused_adam_updates_equal_keras(fused, reference):
+    import tensorflow as tf
+
+    rng = np.random.default_rng(0)
+    start = [rng.normal(size=(5, 3)).astype(np.float32), rng.normal(size=(3,)).astype(np.float32)]
+    grads = [[rng.normal(size=v.shape).astype(np.float32) for v in start] for _ in range(4)]
+    results = []
+    for make in (fused, reference):
+        variables = [keras.Variable(v) for v in start]
+        optimizer = make()
+        optimizer.build(variables)
+        apply = tf.function(lambda g: optimizer.apply(g, variables))
+        for step_grads in grads:
+            apply([tf.constant(g) for g in step_grads])
+        graph = apply.get_concrete_function([tf.constant(g) for g in grads[0]]).graph
+        kernels = [op.type for op in graph.get_operations()]
+        assert kernels.count("ResourceApplyAdam") == (2 if make is fused else 0)
+        results.append([v.numpy() for v in variables])
+        assert int(optimizer.iterations.numpy()) == 4
+    for got, want, initial in zip(*results, start):
+        np.testing.assert_allclose(got, want, rtol=1e-5, atol=1e-6)
+        assert not np.allclose(got, initial)
