@@ -15,6 +15,7 @@ import logging as std_logging
 import math
 import os
 import re
+import shutil
 import sys
 from typing import Mapping, Optional, Sequence
 
@@ -156,7 +157,11 @@ def add_transforms(pipeline: beam.Pipeline, plan: JobPlan) -> beam.PCollection:
 def preprocess(*, pipeline_options: PipelineOptions, **job) -> dict:
     """Builds and runs the job (keyword arguments as build_pipeline); returns metadata.json."""
     pipeline = beam.Pipeline(options=pipeline_options)
-    build_pipeline(pipeline, **job)
+    try:
+        build_pipeline(pipeline, **job)
+    except Exception:  # Pipeline.run() removes its temp dir; a job that never runs must too
+        shutil.rmtree(pipeline.local_tempdir, ignore_errors=True)
+        raise
     try:
         with _user_errors_without_tracebacks():
             result = pipeline.run()

@@ -8,6 +8,7 @@ import os
 import struct
 import subprocess
 import sys
+import tempfile
 
 import apache_beam as beam
 import pytest
@@ -320,13 +321,16 @@ def run_cli(argv, capsys):
     (["--train=cmudict"], "--output_dir is required"),
     (["--output_dir=OUT"], "--train is required"),
 ])
-def test_cli_bad_input_is_one_error_line(argv, message, tmp_path, capsys):
+def test_cli_bad_input_is_one_error_line(argv, message, tmp_path, capsys, monkeypatch):
     argv = [arg.replace("OUT", str(tmp_path / "out")) for arg in argv]
+    (tmp_path / "tmp").mkdir()
+    monkeypatch.setattr(tempfile, "tempdir", str(tmp_path / "tmp"))
     code, _, err = run_cli(argv, capsys)
     assert code == 1
     assert err.count("\n") == 1 and err.startswith("s2s-preprocess: error: ")
     assert message in err
     assert not (tmp_path / "out").exists()
+    assert not os.listdir(tmp_path / "tmp")  # not even Beam's pipeline temp dir
 
 
 def test_a_bad_input_found_inside_the_job_is_one_line_too(corpus, tmp_path, capsys):
