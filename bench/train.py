@@ -20,7 +20,6 @@ into a cache directory first (not timed).
 import argparse
 import json
 import os
-import statistics
 import subprocess
 import sys
 import tempfile
@@ -159,6 +158,11 @@ class FitRunner:
         return self.tokens / timer.seconds
 
 
+def middle(values: list[float]) -> float:
+    """The median round (the upper one of an even count): one rule for every contender."""
+    return sorted(values)[len(values) // 2]
+
+
 def main():
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--data_dir", help="s2s-preprocess output; default: preprocess the "
@@ -192,7 +196,7 @@ def main():
         for key, fit in fits.items():
             fit_rates[key].append(fit())
     rates = [(r["source"] + r["target"]) / r["seconds"] for r in rounds]
-    median = sorted(range(len(rounds)), key=rates.__getitem__)[len(rounds) // 2]
+    median = rates.index(middle(rates))
     timing = rounds[median]
     source, target, seconds = timing["source"], timing["target"], timing["seconds"]
     per_source, per_target = flops_per_token(config.model, config.data.vocab_size)
@@ -207,7 +211,7 @@ def main():
         "mfu": round(achieved / peak, 4),
     }
     for key, values in fit_rates.items():
-        result[f"{key}_tokens_per_s"] = round(statistics.median(values), 1)
+        result[f"{key}_tokens_per_s"] = round(middle(values), 1)
     if fits:
         result["speedup_vs_fit"] = round(result["tokens_per_s"] / result["fit_tokens_per_s"], 3)
         result["speedup_per_round"] = [round(a / b, 3) for a, b in zip(rates, fit_rates["fit"])]

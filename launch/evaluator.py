@@ -180,8 +180,8 @@ def score(hypotheses: list[str], references: list[list[str]], *, g2p: bool) -> d
         wrong = edits = length = 0
         for hypothesis, refs in zip(hypotheses, references):
             phones = hypothesis.split()
-            distance, closest = min((edit_distance(phones, r.split()), len(r.split()))
-                                    for r in refs)
+            distance, closest = min((edit_distance(phones, ref), len(ref))
+                                    for ref in (r.split() for r in refs))
             wrong += distance > 0
             edits += distance
             length += closest
