@@ -1,8 +1,10 @@
 """The quickstart: the bench-size Transformer on CMUdict grapheme-to-phoneme.
 
-About 12 min of training on 2 cores: a short run on 113k words (about 3 epochs). No
-dropout, a higher peak learning rate and a cosine decay to zero converge furthest in the
-budget (dev WER 38.7% -> 34.3% at 3000 steps against dropout 0.1 with lr 3e-3).
+A short run on 113k words. No dropout and a cosine decay to zero converge furthest in
+the budget. Post-LN beat pre-LN at every peak learning rate tried (1800-step screen, dev
+WER: post-LN 1.5e-3 / 2e-3 / 3e-3 / 4e-3: 36.4 / 36.0 / 35.2 / 36.8%; pre-LN 2e-3 / 4e-3
+/ 6e-3: 37.0 / 37.3 / 40.8%). mixed_bfloat16 trains 1.5x faster than float32 on a CPU
+with AVX512_BF16 (22.6k vs 15k tokens/s) and at about the float32 rate without it.
 """
 
 from configs import bench
@@ -12,10 +14,12 @@ def get_config():
     config = bench.get_config()
     config.model.dropout = 0.0
     config.model.attention_dropout = 0.0
-    config.optimizer.learning_rate = 4e-3
+    config.model.pre_norm = False
+    config.optimizer.learning_rate = 3e-3
     config.optimizer.warmup_steps = 400
     config.optimizer.schedule = "cosine"
-    config.train.num_steps = 3600
-    config.train.checkpoint_every_steps = 600
+    config.train.mixed_precision = "mixed_bfloat16"
+    config.train.num_steps = 4800
+    config.train.checkpoint_every_steps = 800
     config.train.log_every_steps = 200
     return config
