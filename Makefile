@@ -20,7 +20,7 @@ $(STAMP): setup.py constraints.txt
 test: $(STAMP)
 	$(PY) -m pytest -q tests
 
-# The quickstart: CMUdict grapheme-to-phoneme with the bench-size Transformer, ~15 min on
+# The quickstart: CMUdict grapheme-to-phoneme with the bench-size Transformer, ~17-19 min on
 # 2 cores. Rerunning resumes: preprocessing is kept once complete, training continues.
 demo: $(STAMP)
 	test -f $(DEMO_DIR)/data/_COMPLETED || $(BIN)/s2s-preprocess --train=cmudict \
