@@ -174,12 +174,15 @@ def main():
     parser.add_argument("--skip_fit", action="store_true", help="skip the model.fit baseline")
     parser.add_argument("--mixed_precision", default=None,
                         help="override config.train.mixed_precision ('' for float32)")
+    parser.add_argument("--jit_compile", action="store_true",
+                        help="XLA-compile the loop's train step (static bucket shapes)")
     args = parser.parse_args()
 
     data_dir = args.data_dir or preprocess_shared(args.cache_dir)
     config = bench_config.get_config()
     if args.mixed_precision is not None:
         config.train.mixed_precision = args.mixed_precision
+    config.train.jit_compile = args.jit_compile
     config = trainer.resolve_config(config, dataset.load_metadata(data_dir))
     keras.utils.set_random_seed(0)
     peak = matmul_peak_gflops()
@@ -226,6 +229,7 @@ def main():
         "fit": "model.fit with Keras' CategoricalCrossentropy(label_smoothing); "
                "fit_fused_loss: model.fit with the trainer's fused loss",
         "mixed_precision": config.train.mixed_precision or "float32",
+        "jit_compile": config.train.jit_compile,
         "flops": "6 x weight multiply-adds per token (attention products excluded)",
         "cpus": os.cpu_count(), "tensorflow": tf.__version__,
     }
