@@ -28,7 +28,7 @@ def get_config() -> ml_collections.ConfigDict:
     config.optimizer = ml_collections.ConfigDict()
     config.optimizer.name = "adam"  # "adam" | "adamw"
     config.optimizer.learning_rate = 1e-3  # peak learning rate
-    config.optimizer.schedule = "inverse_sqrt"  # "inverse_sqrt" | "cosine" | "constant"
+    config.optimizer.schedule = "inverse_sqrt"  # "inverse_sqrt" | "cosine" | "linear" | "constant"
     config.optimizer.warmup_steps = 1000  # linear warmup to the peak
     config.optimizer.beta1 = 0.9
     config.optimizer.beta2 = 0.98

@@ -1,7 +1,8 @@
 """The quickstart: the bench-size Transformer on CMUdict grapheme-to-phoneme.
 
-A short run on 113k words. No dropout and a cosine decay to zero converge furthest in
-the budget. Post-LN beat pre-LN at both peak learning rates tried with each (1800-step
+A short run on 113k words. No dropout and a linear decay to zero converge furthest in
+the budget (1800-step screen at peak 3e-3, dev WER: linear 34.5%, cosine 35.7%; linear
+at 4e-3 36.2%). Post-LN beat pre-LN at both peak learning rates tried with each (1800-step
 screen, dev WER: post-LN 1.5e-3 / 2e-3 / 3e-3 / 4e-3: 36.4 / 36.0 / 35.2 / 36.8%;
 pre-LN 2e-3 / 4e-3 / 6e-3: 37.0 / 37.3 / 40.8%). mixed_bfloat16 trains about 1.5x as
 fast as float32 on a CPU with AVX512_BF16 (22.6k vs about 15k tokens/s); without it,
@@ -18,7 +19,7 @@ def get_config():
     config.model.pre_norm = False
     config.optimizer.learning_rate = 3e-3
     config.optimizer.warmup_steps = 400
-    config.optimizer.schedule = "cosine"
+    config.optimizer.schedule = "linear"
     config.train.mixed_precision = "mixed_bfloat16"
     config.train.num_steps = 4800
     config.train.checkpoint_every_steps = 800

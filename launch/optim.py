@@ -5,7 +5,7 @@ import math
 import keras
 import tensorflow as tf
 
-SCHEDULES = ("inverse_sqrt", "cosine", "constant")
+SCHEDULES = ("inverse_sqrt", "cosine", "linear", "constant")
 OPTIMIZERS = ("adam", "adamw")
 # Under mixed_float16 gradients are computed on a scaled loss; 2**15 is the usual start.
 FLOAT16_INITIAL_SCALE = 2.0 ** 15
@@ -14,7 +14,8 @@ NEVER_GROW = 2 ** 30
 
 
 class WarmupSchedule(keras.optimizers.schedules.LearningRateSchedule):
-    """Linear warmup to `peak`, then inverse-sqrt decay, cosine decay to zero, or constant."""
+    """Linear warmup to `peak`, then inverse-sqrt decay, cosine or linear decay to zero, or
+    constant."""
 
     def __init__(self, *, kind: str, peak: float, warmup_steps: int, total_steps: int):
         if kind not in SCHEDULES:
@@ -28,10 +29,11 @@ class WarmupSchedule(keras.optimizers.schedules.LearningRateSchedule):
         ramp = tf.minimum(step / warmup, 1.0)
         if self.kind == "inverse_sqrt":
             decay = tf.math.rsqrt(tf.maximum(step, warmup) / warmup)
-        elif self.kind == "cosine":
+        elif self.kind in ("cosine", "linear"):
             span = float(max(self.total_steps - self.warmup_steps, 1))
             progress = tf.clip_by_value((step - warmup) / span, 0.0, 1.0)
-            decay = 0.5 * (1.0 + tf.cos(math.pi * progress))
+            decay = (0.5 * (1.0 + tf.cos(math.pi * progress)) if self.kind == "cosine"
+                     else 1.0 - progress)
         else:
             decay = 1.0
         return self.peak * ramp * decay

@@ -27,11 +27,15 @@ def test_warmup_is_linear_then_each_decay_has_its_shape():
     cosine = schedule("cosine")
     assert lr(cosine, 599) == pytest.approx(5e-4, rel=1e-4)  # halfway through the decay
     assert lr(cosine, 1099) == pytest.approx(0.0, abs=1e-9)
+    linear = schedule("linear")
+    assert lr(linear, 349) == pytest.approx(7.5e-4, rel=1e-4)  # a quarter through the decay
+    assert lr(linear, 599) == pytest.approx(5e-4, rel=1e-4)
+    assert lr(linear, 1099) == pytest.approx(0.0, abs=1e-9)
 
 
 def test_unknown_schedule_and_optimizer_are_rejected():
     with pytest.raises(ValueError, match="schedule"):
-        schedule("linear")
+        schedule("exponential")
     config = ml_collections.ConfigDict(dict(
         name="sgd", schedule="constant", learning_rate=1e-3, warmup_steps=0, beta1=0.9,
         beta2=0.98, epsilon=1e-9, weight_decay=0.0))
