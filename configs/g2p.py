@@ -21,7 +21,7 @@ def get_config():
     config.optimizer.warmup_steps = 400
     config.optimizer.schedule = "linear"
     config.train.mixed_precision = "mixed_bfloat16"
-    config.train.num_steps = 4800
-    config.train.checkpoint_every_steps = 800
+    config.train.num_steps = 5400
+    config.train.checkpoint_every_steps = 900
     config.train.log_every_steps = 200
     return config
