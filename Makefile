@@ -20,7 +20,7 @@ $(STAMP): setup.py constraints.txt
 test: $(STAMP)
 	$(PY) -m pytest -q tests
 
-# The quickstart: CMUdict grapheme-to-phoneme with the bench-size Transformer, ~18 min on
+# The quickstart: CMUdict grapheme-to-phoneme with the bench-size Transformer, ~19 min on
 # 2 cores. It exports the final checkpoint and scores test only: a dev evaluation (the
 # README's next command) costs another 1.5 min. Rerunning resumes: preprocessing is kept
 # once complete, training continues.
