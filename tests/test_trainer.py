@@ -142,7 +142,7 @@ def test_resume_refuses_another_model_config(data_dir, tmp_path):
     ("train.num_steps", 0, "positive integer"),
     ("train.mixed_precision", "float8", "mixed_precision"),
     ("optimizer.name", "sgd", "optimizer.name"),
-    ("optimizer.schedule", "linear", "schedule"),
+    ("optimizer.schedule", "exponential", "schedule"),
     ("model.name", "rnn", "rnn"),
 ])
 def test_validate_config_rejects_bad_values(field, value, message):
