@@ -4,6 +4,7 @@ VENV ?= .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 DEMO_DIR ?= demo_run
+DEMO_EXPORT = $(DEMO_DIR)/work/export/final
 BIN := $(VENV)/bin
 
 .PHONY: setup demo test image clean
@@ -30,11 +31,11 @@ demo: $(STAMP)
 	$(BIN)/s2s-train --config=configs/g2p.py --data_dir=$(DEMO_DIR)/data \
 	    --workdir=$(DEMO_DIR)/work
 	$(BIN)/s2s-export --workdir=$(DEMO_DIR)/work --data_dir=$(DEMO_DIR)/data \
-	    --export_dir=$(DEMO_DIR)/work/export/final
+	    --export_dir=$(DEMO_EXPORT)
 	$(BIN)/s2s-evaluate --workdir=$(DEMO_DIR)/work --data_dir=$(DEMO_DIR)/data --split=test
 	@echo
-	@echo "SavedModel: $(DEMO_DIR)/work/export/final   Try it:"
-	@echo "  echo 'p i p e l i n e' | $(BIN)/s2s-translate --model=$(DEMO_DIR)/work/export/final"
+	@echo "SavedModel: $(DEMO_EXPORT)   Try it:"
+	@echo "  echo 'p i p e l i n e' | $(BIN)/s2s-translate --model=$(DEMO_EXPORT)"
 
 # The one image every cloud launcher runs (README: Launching on Google Cloud).
 IMAGE ?= s2s-pipeline:dev

@@ -29,14 +29,18 @@ class WarmupSchedule(keras.optimizers.schedules.LearningRateSchedule):
         ramp = tf.minimum(step / warmup, 1.0)
         if self.kind == "inverse_sqrt":
             decay = tf.math.rsqrt(tf.maximum(step, warmup) / warmup)
-        elif self.kind in ("cosine", "linear"):
-            span = float(max(self.total_steps - self.warmup_steps, 1))
-            progress = tf.clip_by_value((step - warmup) / span, 0.0, 1.0)
-            decay = (0.5 * (1.0 + tf.cos(math.pi * progress)) if self.kind == "cosine"
-                     else 1.0 - progress)
+        elif self.kind == "cosine":
+            decay = 0.5 * (1.0 + tf.cos(math.pi * self._decay_progress(step, warmup)))
+        elif self.kind == "linear":
+            decay = 1.0 - self._decay_progress(step, warmup)
         else:
             decay = 1.0
         return self.peak * ramp * decay
+
+    def _decay_progress(self, step, warmup):
+        """0 at the end of warmup, 1 at total_steps (and after)."""
+        span = float(max(self.total_steps - self.warmup_steps, 1))
+        return tf.clip_by_value((step - warmup) / span, 0.0, 1.0)
 
     def get_config(self):
         return {"kind": self.kind, "peak": self.peak, "warmup_steps": self.warmup_steps,
