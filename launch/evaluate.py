@@ -11,7 +11,8 @@ flags.DEFINE_bool("watch", False, "Follow new checkpoints as the trainer writes 
 flags.DEFINE_string("checkpoint", "", "Score this checkpoint path instead of the latest.")
 flags.DEFINE_integer("beam_size", None, "Default: the training config's decode.beam_size.")
 flags.DEFINE_float("alpha", None, "GNMT length penalty; default: decode.alpha.")
-flags.DEFINE_integer("average_last", 1, "Export the average of the last N checkpoints.")
+flags.DEFINE_integer("average_last", 1, "Score (and export) the mean weights of the checkpoint "
+                     "and the N-1 before it.")
 flags.DEFINE_bool("export_best", None, "Export the best checkpoint to WORKDIR/export/best; "
                   "default: only when scoring the dev split.")
 flags.DEFINE_float("timeout", 600.0, "--watch: stop after this many seconds without a new "
@@ -39,7 +40,8 @@ def main(argv):
 
 def print_row(row: dict) -> None:
     """A human summary of one scored checkpoint."""
-    print(f"\n{row['split']} set, step {row['step']}, beam {row['beam_size']}, "
+    mean = f" (mean of {row['averaged']} checkpoints)" if row.get("averaged", 1) > 1 else ""
+    print(f"\n{row['split']} set, step {row['step']}{mean}, beam {row['beam_size']}, "
           f"{row['num_sentences']} sentences:")
     names = {"bleu": "BLEU", "chrf": "chrF", "wer": "word error rate (%)",
              "per": "phoneme error rate (%)"}

@@ -210,18 +210,22 @@ def evaluate_checkpoint(run: Run, path: str, *, workdir: str, data_dir: str, spl
                         export_best: bool = True) -> dict:
     """Scores one checkpoint, records it, and exports it if it is the best so far.
 
+    With average_last > 1 the weights scored (and exported) are the mean of `path` and
+    the checkpoints just before it, so the score on record is the exported model's.
     The returned row is what metrics.jsonl holds plus "examples": the first few
     (source, reference, hypothesis) triples, for people reading the console.
     """
     step = checkpoint_step(path)
     out_dir = os.path.join(workdir, "eval", split)
     tf.io.gfile.makedirs(out_dir)
-    restore(run, [path])
+    averaged = recent_checkpoints(workdir, upto=path, count=average_last)
+    restore(run, averaged)
     began = time.perf_counter()
     sources, references, hypotheses = decode_split(run, split=split, beam_size=beam_size,
                                                    alpha=alpha, data_dir=data_dir)
     row = {"step": step, "split": split, "checkpoint": path, "beam_size": beam_size,
-           "alpha": alpha, **score(hypotheses, references, g2p=is_g2p(run.metadata)),
+           "alpha": alpha, "averaged": len(averaged),
+           **score(hypotheses, references, g2p=is_g2p(run.metadata)),
            "decode_seconds": round(time.perf_counter() - began, 2)}
     checkpoints.write_text_atomically(os.path.join(out_dir, f"hyp-{step}.txt"),
                                       "".join(h + "\n" for h in hypotheses))
@@ -238,15 +242,13 @@ def evaluate_checkpoint(run: Run, path: str, *, workdir: str, data_dir: str, spl
     logging.info("step %d %s: %s", step, split,
                  "  ".join(f"{k} {v:.2f}" for k, v in extra.items()))
     if export_best and row["bleu"] > best_before:
-        if average_last > 1:
-            restore(run, recent_checkpoints(workdir, upto=path, count=average_last))
         export.export_saved_model(
             run.model, source_model=run.source_tokenizer.model,
             target_model=run.target_tokenizer.model,
             export_dir=os.path.join(workdir, "export", "best"), beam_size=beam_size,
             alpha=alpha, max_input_length=max(run.config.data.bucket_boundaries),
             max_decode_length=max_decode_length(run),
-            info={"step": step, "split": split, "averaged": average_last, **extra})
+            info={"step": step, "split": split, "averaged": len(averaged), **extra})
         row["exported"] = os.path.join(workdir, "export", "best")
     row["examples"] = [(source, " | ".join(refs), hypothesis) for source, refs, hypothesis
                        in zip(sources, references, hypotheses)][:EXAMPLES]
@@ -255,6 +257,8 @@ def evaluate_checkpoint(run: Run, path: str, *, workdir: str, data_dir: str, spl
 
 def recent_checkpoints(workdir: str, *, upto: str, count: int) -> list[str]:
     """`upto` and the checkpoints just before it that still exist."""
+    if count < 1:
+        raise EvaluationError(f"average_last must be at least 1, got {count}")
     state = tf.train.get_checkpoint_state(checkpoints.directory(workdir))
     paths = list(state.all_model_checkpoint_paths) if state else []
     paths = [p for p in paths if checkpoint_step(p) <= checkpoint_step(upto)]

@@ -161,6 +161,26 @@ def test_average_of_checkpoints_is_the_mean_of_their_weights(trained):
         assert not np.allclose(readers[0].get_tensor(key), readers[1].get_tensor(key))
 
 
+def test_average_last_scores_the_averaged_weights(trained, tmp_path):
+    data_dir, workdir = copy_workdir(trained, tmp_path)
+    [row] = evaluator.evaluate(workdir=workdir, data_dir=data_dir, split="dev",
+                               average_last=2, export_best=False)
+    assert row["step"] == 400 and row["averaged"] == 2
+    run = evaluator.load_run(workdir=workdir, data_dir=data_dir)
+    evaluator.restore(run, evaluator.recent_checkpoints(workdir, upto=row["checkpoint"],
+                                                        count=2))
+    _, _, expected = evaluator.decode_split(run, split="dev", beam_size=row["beam_size"],
+                                            alpha=row["alpha"], data_dir=data_dir)
+    hyps = open(os.path.join(workdir, "eval", "dev", "hyp-400.txt")).read().splitlines()
+    assert hyps == expected
+    evaluator.restore(run, [row["checkpoint"]])
+    _, _, alone = evaluator.decode_split(run, split="dev", beam_size=row["beam_size"],
+                                         alpha=row["alpha"], data_dir=data_dir)
+    assert hyps != alone  # ckpt-400 alone decodes differently, so the test can tell
+    with pytest.raises(evaluator.EvaluationError, match="average_last must be at least 1"):
+        evaluator.evaluate(workdir=workdir, data_dir=data_dir, average_last=0)
+
+
 def test_bad_inputs_are_clear_errors(trained, tmp_path):
     data_dir, _ = trained
     empty = tmp_path / "empty"
