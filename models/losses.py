@@ -29,12 +29,12 @@ def cross_entropy_sums(logits, targets, *, pad_id=0, label_smoothing=0.0):
     flat_logits = tf.reshape(logits, [-1, vocab])
     flat_targets = tf.reshape(tf.cast(targets, tf.int32), [-1])
     weights = tf.cast(tf.not_equal(flat_targets, pad_id), tf.float32)
-    token_loss = _weighted_token_losses(flat_logits, flat_targets, weights,
-                                        float(label_smoothing))
+    token_loss = _weighted_token_losses(flat_logits, flat_targets, weights=weights,
+                                        eps=float(label_smoothing))
     return tf.reduce_sum(token_loss), tf.reduce_sum(weights)
 
 
-def _weighted_token_losses(logits, targets, weights, eps):
+def _weighted_token_losses(logits, targets, *, weights, eps):
     """weights * smoothed cross-entropy per row of [tokens, vocab] float32 logits.
 
     The [tokens, vocab] logits are the largest tensor of a training step, so this makes

@@ -216,7 +216,7 @@ class Transformer(keras.Model):
 
     # -- shared pieces -------------------------------------------------------------
 
-    def _embed(self, embedding, ids, positions, training):
+    def _embed(self, embedding, ids, *, positions, training):
         x = embedding(ids)
         x += tf.cast(layers.sinusoidal_encoding(positions, self.config.d_model), x.dtype)
         return self.embedding_dropout(x, training=training)
@@ -245,7 +245,8 @@ class Transformer(keras.Model):
         inputs = tf.convert_to_tensor(inputs)
         mask = tf.not_equal(inputs, self.config.pad_id)
         attention_mask = layers.padding_mask(mask)
-        x = self._embed(self.source_embedding, inputs, tf.range(tf.shape(inputs)[1]), training)
+        x = self._embed(self.source_embedding, inputs,
+                        positions=tf.range(tf.shape(inputs)[1]), training=training)
         for layer in self.encoder_layers:
             x = layer(x, attention_mask, training=training)
         if self.encoder_norm is not None:
@@ -276,7 +277,8 @@ class Transformer(keras.Model):
         targets = tf.convert_to_tensor(features["targets"])
         decoder_inputs = layers.shift_right(targets, self.config.bos_id)
         length = tf.shape(targets)[1]
-        x = self._embed(self.target_embedding, decoder_inputs, tf.range(length), training)
+        x = self._embed(self.target_embedding, decoder_inputs, positions=tf.range(length),
+                        training=training)
         self_mask = layers.causal_mask(length)
         memory_mask = layers.padding_mask(encoded["source_mask"])
         for layer in self.decoder_layers:
@@ -341,7 +343,8 @@ class Transformer(keras.Model):
         positions = cache["step"]
         history = cache["history"]
         group, max_length = history.shape[1], tf.shape(history)[2]
-        x = self._embed(self.target_embedding, tokens[:, None], positions[:, None], False)
+        x = self._embed(self.target_embedding, tokens[:, None], positions=positions[:, None],
+                        training=False)
         # Each row writes this position into its own slot and reads it from there.
         own_slot = tf.equal(tf.range(tf.shape(tokens)[0])[:, None] % group,
                             tf.range(group)[None, :])

@@ -184,8 +184,8 @@ class CleanPairs(beam.DoFn):
                 read[split] += 1
                 counts[(split, DROPPED, problem)] += 1
                 if problem in DEAD_LETTER_REASONS:
-                    dead.append(_dead_letter(split, origin, number, problem, raw_source,
-                                             raw_target))
+                    dead.append(_dead_letter(problem, split=split, origin=origin, number=number,
+                                             raw_source=raw_source, raw_target=raw_target))
                 continue
             try:
                 source = raw_source.decode("utf-8") if type(raw_source) is bytes else raw_source
@@ -193,8 +193,9 @@ class CleanPairs(beam.DoFn):
             except UnicodeDecodeError as error:
                 read[split] += 1
                 counts[(split, DROPPED, INVALID_UTF8)] += 1
-                dead.append(_dead_letter(split, origin, number, INVALID_UTF8, raw_source,
-                                         raw_target, detail=str(error)))
+                dead.append(_dead_letter(INVALID_UTF8, split=split, origin=origin, number=number,
+                                         raw_source=raw_source, raw_target=raw_target,
+                                         detail=str(error)))
                 continue
             has_control = any_control(source) or any_control(target)
             normalized = False
@@ -217,8 +218,9 @@ class CleanPairs(beam.DoFn):
             if has_control and (_OTHER_CONTROLS.search(source)
                                 or _OTHER_CONTROLS.search(target)):
                 counts[(split, DROPPED, CONTROL_CHARS)] += 1
-                dead.append(_dead_letter(split, origin, number, CONTROL_CHARS,
-                                         raw_source, raw_target))
+                dead.append(_dead_letter(CONTROL_CHARS, split=split, origin=origin,
+                                         number=number, raw_source=raw_source,
+                                         raw_target=raw_target))
                 continue
             key = digest[:16] if need_keys else b""
             kept.append((split, source, target, fingerprint(source, target), key))
@@ -243,7 +245,7 @@ def _normalize_whitespace(source: str, target: str) -> tuple:
     return new_source, new_target, new_source != source or new_target != target
 
 
-def _dead_letter(split, origin, number, reason, raw_source, raw_target, detail=""):
+def _dead_letter(reason, *, split, origin, number, raw_source, raw_target, detail=""):
     """A dead-letter row: sorts by (origin, number) so the file is deterministic."""
     return (origin, number, split, reason, repr(raw_source),
             None if raw_target is None else repr(raw_target), detail)
