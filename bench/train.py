@@ -173,7 +173,8 @@ def main():
     parser.add_argument("--warmup", type=int, default=50, help="untimed steps first")
     parser.add_argument("--skip_fit", action="store_true", help="skip the model.fit baseline")
     parser.add_argument("--mixed_precision", default=None,
-                        help="override config.train.mixed_precision ('' for float32)")
+                        help="override config.train.mixed_precision ('' for float32, "
+                        "'auto' for the hardware's fastest)")
     parser.add_argument("--jit_compile", action="store_true",
                         help="XLA-compile the loop's train step (static bucket shapes)")
     args = parser.parse_args()
@@ -183,7 +184,8 @@ def main():
     if args.mixed_precision is not None:
         config.train.mixed_precision = args.mixed_precision
     config.train.jit_compile = args.jit_compile
-    config = trainer.resolve_config(config, dataset.load_metadata(data_dir))
+    config = trainer.resolve_config(config, dataset.load_metadata(data_dir),
+                                    strategy=tf.distribute.get_strategy())
     keras.utils.set_random_seed(0)
     peak = matmul_peak_gflops()
 

@@ -46,7 +46,7 @@ def get_config() -> ml_collections.ConfigDict:
     config.train.log_every_steps = 100  # console line + TensorBoard scalars
     config.train.seed = 0
     config.train.deterministic = False  # op determinism + fixed seeds: bit-identical reruns
-    config.train.mixed_precision = ""  # "" | "mixed_bfloat16" | "mixed_float16"
+    config.train.mixed_precision = ""  # "" (float32) | "mixed_bfloat16" | "mixed_float16" | "auto"
     config.train.jit_compile = False  # XLA-compile the train step (always on under TPU)
     config.train.max_nonfinite_steps = 20  # abort after this many consecutive non-finite losses
 

@@ -18,11 +18,11 @@ import tensorflow as tf
 from absl import logging
 
 import models
-from launch import checkpoints, optim, strategy as strategy_lib
+from launch import checkpoints, optim, precision, strategy as strategy_lib
 from models import losses
 from pipeline import dataset, features
 
-MIXED_PRECISION = ("", "mixed_bfloat16", "mixed_float16")
+MIXED_PRECISION = precision.POLICIES + (precision.AUTO,)
 CONFIG_FILE = "config.json"
 
 
@@ -65,10 +65,13 @@ def validate_config(config) -> None:
     models.model_config_from(config.model, vocab_size=8, pad_id=0, eos_id=1, bos_id=2)
 
 
-def resolve_config(config, metadata: dict):
-    """Fills the values that come from the data: vocabulary, special ids, boundaries."""
+def resolve_config(config, metadata: dict, *, strategy: tf.distribute.Strategy):
+    """Fills the values that come from the data (vocabulary, special ids, boundaries) and
+    from the hardware (an "auto" mixed-precision policy)."""
     config = config.copy_and_resolve_references()
     config.unlock()
+    config.train.mixed_precision = precision.resolve_policy(config.train.mixed_precision,
+                                                            strategy=strategy)
     boundaries = list(config.data.bucket_boundaries) or list(metadata["bucket_boundaries"])
     if config.data.max_length:
         boundaries = [b for b in boundaries if b < config.data.max_length]
@@ -291,7 +294,7 @@ def train(config, *, workdir: str, data_dir: str,
     """
     validate_config(config)
     metadata = dataset.load_metadata(data_dir)
-    config = resolve_config(config, metadata)
+    config = resolve_config(config, metadata, strategy=strategy)
     saved = read_saved_config(workdir)
     check_resume_compatible(saved, config)
     worker_index, num_workers, is_chief = strategy_lib.worker_info(strategy)
@@ -309,9 +312,9 @@ def train(config, *, workdir: str, data_dir: str,
             os.path.join(workdir, CONFIG_FILE),
             json.dumps(config.to_dict(), indent=2, sort_keys=True) + "\n")
     start = int(trainer.step.numpy())
-    logging.info("%s at step %d of %d (%d replicas, %d workers)",
+    logging.info("%s at step %d of %d (%d replicas, %d workers, %s)",
                  "resuming" if restored else "starting", start, config.train.num_steps,
-                 trainer.num_replicas, num_workers)
+                 trainer.num_replicas, num_workers, config.train.mixed_precision or "float32")
     writer = (tf.summary.create_file_writer(os.path.join(workdir, "train")) if is_chief
               else tf.summary.create_noop_writer())
     history: list[StepStats] = []

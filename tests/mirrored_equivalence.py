@@ -24,10 +24,10 @@ def run(name: str, data_dir: str) -> dict:
     # Static buckets: batch sizes then do not depend on the replica count (the finer
     # dynamic buckets round them to a multiple of it), so both runs see the same batches.
     config.data.static_shapes = True
-    config = trainer.resolve_config(config, dataset.load_metadata(data_dir))
     keras.utils.set_random_seed(0)
     strategy = (tf.distribute.OneDeviceStrategy("/cpu:0") if name == "one_device"
                 else strategy_lib.create("mirrored"))
+    config = trainer.resolve_config(config, dataset.load_metadata(data_dir), strategy=strategy)
     run_trainer = trainer.Trainer(config, data_dir=data_dir, strategy=strategy,
                                   worker_index=0, num_workers=1)
     stats = run_trainer.run_loop(3)

@@ -10,7 +10,7 @@ import tensorflow as tf
 
 import toy_data
 from configs import tiny
-from launch import checkpoints, trainer
+from launch import checkpoints, precision, trainer
 from pipeline import dataset
 
 
@@ -75,6 +75,22 @@ def test_mixed_precision_trains(data_dir, tmp_path, policy):
     finite = [s for s in history if s.finite]
     assert len(finite) >= 25
     assert mean_loss(finite[-5:]) < mean_loss(finite[:5])
+
+
+@pytest.mark.parametrize("flags, policy", [("flags : fpu avx2 fma", ""),
+                                           ("flags : fpu avx2 avx512_bf16", "mixed_bfloat16")])
+def test_auto_precision_is_resolved_for_the_cpu_and_saved(data_dir, tmp_path, monkeypatch,
+                                                          flags, policy):
+    cpuinfo = tmp_path / "cpuinfo"
+    cpuinfo.write_text(f"processor : 0\n{flags}\n")
+    monkeypatch.setattr(precision, "CPUINFO", str(cpuinfo))
+    history = trainer.train(tiny_config(num_steps=3, mixed_precision="auto"),
+                            workdir=str(tmp_path / "work"), data_dir=data_dir,
+                            strategy=tf.distribute.get_strategy())
+    assert len(history) == 3
+    saved = json.loads((tmp_path / "work" / "config.json").read_text())
+    assert saved["train"]["mixed_precision"] == policy
+    assert keras.mixed_precision.global_policy().name == (policy or "float32")
 
 
 def test_resume_continues_from_the_checkpoint(data_dir, tmp_path):
@@ -180,7 +196,8 @@ def test_lstm_attention_trains_through_the_same_loop(data_dir, tmp_path):
 
 def test_gradient_accumulation_takes_k_batches_per_optimizer_step(data_dir):
     config = trainer.resolve_config(tiny_config(grad_accum_steps=2),
-                                    dataset.load_metadata(data_dir))
+                                    dataset.load_metadata(data_dir),
+                                    strategy=tf.distribute.get_strategy())
     run = trainer.Trainer(config, data_dir=data_dir, strategy=tf.distribute.get_strategy(),
                           worker_index=0, num_workers=1)
     stats = run.run_loop(3)
