@@ -20,7 +20,7 @@ def get_config():
     config.optimizer.learning_rate = 3e-3
     config.optimizer.warmup_steps = 400
     config.optimizer.schedule = "linear"
-    config.train.mixed_precision = "auto"  # bfloat16 where the hardware has it (launch/precision.py)
+    config.train.mixed_precision = "auto"  # bfloat16 where native (launch/precision.py)
     config.train.num_steps = 5400
     config.train.checkpoint_every_steps = 900
     config.train.log_every_steps = 200
