@@ -297,6 +297,12 @@ def train(config, *, workdir: str, data_dir: str,
     config = resolve_config(config, metadata, strategy=strategy)
     saved = read_saved_config(workdir)
     check_resume_compatible(saved, config)
+    old_policy = saved.get("train", {}).get("mixed_precision")
+    if old_policy is not None and old_policy != config.train.mixed_precision:
+        # Allowed (the variables are float32 either way), but worth a line: under "auto" a
+        # job resumed on other hardware can switch precision without a flag changing.
+        logging.warning("the workdir was trained in %s; continuing in %s",
+                        old_policy or "float32", config.train.mixed_precision or "float32")
     worker_index, num_workers, is_chief = strategy_lib.worker_info(strategy)
     _configure_runtime(config)
 

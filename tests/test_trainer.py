@@ -1,6 +1,7 @@
 """Trainer behaviour in-process: loss falls, XLA, mixed precision, guards, resume checks."""
 
 import json
+import logging
 import os
 
 import keras
@@ -103,6 +104,19 @@ def test_resume_continues_from_the_checkpoint(data_dir, tmp_path):
                            strategy=tf.distribute.get_strategy())
     assert len(second) == 5
     assert tf.train.latest_checkpoint(str(tmp_path / "checkpoints")).endswith("ckpt-15")
+
+
+def test_resuming_in_another_precision_continues_with_a_warning(data_dir, tmp_path, caplog):
+    trainer.train(tiny_config(num_steps=4), workdir=str(tmp_path), data_dir=data_dir,
+                  strategy=tf.distribute.get_strategy())
+    with caplog.at_level(logging.WARNING):
+        resumed = trainer.train(tiny_config(num_steps=6, mixed_precision="mixed_bfloat16"),
+                                workdir=str(tmp_path), data_dir=data_dir,
+                                strategy=tf.distribute.get_strategy())
+    assert len(resumed) == 2
+    assert "trained in float32; continuing in mixed_bfloat16" in caplog.text
+    saved = json.loads((tmp_path / "config.json").read_text())
+    assert saved["train"]["mixed_precision"] == "mixed_bfloat16"
 
 
 def test_non_finite_losses_abort_naming_the_step(data_dir, tmp_path):
