@@ -86,7 +86,8 @@ def resolve_config(config, metadata: dict, *, strategy: tf.distribute.Strategy):
 
 
 def check_resume_compatible(saved: dict, config) -> None:
-    """Refuses to continue a workdir with another tokenizer or model architecture."""
+    """Refuses to continue a workdir with another tokenizer or model architecture; warns
+    when the precision policy changed."""
     old_sha = saved.get("data", {}).get("tokenizer_sha256")
     if old_sha and old_sha != config.data.tokenizer_sha256:
         raise TrainingError(
@@ -104,6 +105,12 @@ def check_resume_compatible(saved: dict, config) -> None:
                             "use a new --workdir")
     if saved.get("data", {}).get("vocab_size") not in (None, config.data.vocab_size):
         raise TrainingError("the workdir's vocabulary size differs from --data_dir's")
+    old_policy = saved.get("train", {}).get("mixed_precision")
+    if old_policy is not None and old_policy != config.train.mixed_precision:
+        # Allowed (the variables are float32 either way), but worth a line: under "auto" a
+        # job resumed on other hardware can switch precision without a flag changing.
+        logging.warning("the workdir was trained in %s; continuing in %s",
+                        old_policy or "float32", config.train.mixed_precision or "float32")
 
 
 def read_saved_config(workdir: str) -> dict:
@@ -297,12 +304,6 @@ def train(config, *, workdir: str, data_dir: str,
     config = resolve_config(config, metadata, strategy=strategy)
     saved = read_saved_config(workdir)
     check_resume_compatible(saved, config)
-    old_policy = saved.get("train", {}).get("mixed_precision")
-    if old_policy is not None and old_policy != config.train.mixed_precision:
-        # Allowed (the variables are float32 either way), but worth a line: under "auto" a
-        # job resumed on other hardware can switch precision without a flag changing.
-        logging.warning("the workdir was trained in %s; continuing in %s",
-                        old_policy or "float32", config.train.mixed_precision or "float32")
     worker_index, num_workers, is_chief = strategy_lib.worker_info(strategy)
     _configure_runtime(config)
 
