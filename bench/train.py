@@ -177,6 +177,9 @@ def main():
                         "'auto' for the hardware's fastest)")
     parser.add_argument("--jit_compile", action="store_true",
                         help="XLA-compile the loop's train step (static bucket shapes)")
+    parser.add_argument("--bucket_by_both_lengths", action="store_true",
+                        help="the loop groups batches by source and target length "
+                        "(config.data.bucket_by_both_lengths)")
     args = parser.parse_args()
 
     data_dir = args.data_dir or preprocess_shared(args.cache_dir)
@@ -184,6 +187,7 @@ def main():
     if args.mixed_precision is not None:
         config.train.mixed_precision = args.mixed_precision
     config.train.jit_compile = args.jit_compile
+    config.data.bucket_by_both_lengths = args.bucket_by_both_lengths
     config = trainer.resolve_config(config, dataset.load_metadata(data_dir),
                                     strategy=tf.distribute.get_strategy())
     keras.utils.set_random_seed(0)
@@ -232,6 +236,7 @@ def main():
                "fit_fused_loss: model.fit with the trainer's fused loss",
         "mixed_precision": config.train.mixed_precision or "float32",
         "jit_compile": config.train.jit_compile,
+        "bucket_by_both_lengths": config.data.bucket_by_both_lengths,
         "flops": "6 x weight multiply-adds per token (attention products excluded)",
         "cpus": os.cpu_count(), "tensorflow": tf.__version__,
     }

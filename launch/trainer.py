@@ -188,7 +188,8 @@ class Trainer:
             tokens_per_batch=max(data.tokens_per_batch // num_workers, 1),
             batch_multiple=self.local_replicas, shuffle_buffer=data.shuffle_buffer,
             seed=train.seed + worker_index, num_input_pipelines=num_workers,
-            input_pipeline_id=worker_index, static_shapes=self._static_shapes)
+            input_pipeline_id=worker_index, static_shapes=self._static_shapes,
+            bucket_by_both_lengths=data.bucket_by_both_lengths)
         self.iterator = iter(self.dataset)
         self.checkpoint = tf.train.Checkpoint(
             model=checkpoints.variables_by_index(self.model.variables),

@@ -76,21 +76,23 @@ def _read_records(files: list[str], *, num_input_pipelines: int, input_pipeline_
     return tf.data.TFRecordDataset(files), num_input_pipelines > 1
 
 
-def _length(example) -> tf.Tensor:
-    return tf.maximum(tf.size(example[features.INPUTS]), tf.size(example[features.TARGETS]))
+_PARSE_BATCH = 256  # records parsed per vectorised parse (order is kept)
 
 
 def make_train_dataset(*, data_dir: str, split: str, boundaries, tokens_per_batch: int,
                        batch_multiple: int = 1, shuffle_buffer: int = 8192, seed: int = 0,
                        num_input_pipelines: int = 1, input_pipeline_id: int = 0,
-                       repeat: bool = True, static_shapes: bool = True) -> tf.data.Dataset:
+                       repeat: bool = True, static_shapes: bool = True,
+                       bucket_by_both_lengths: bool = False) -> tf.data.Dataset:
     """Shuffled, bucketed, padded batches of {"inputs", "targets"}: [batch, length] int32.
 
     With static_shapes (XLA, TPU), inputs and targets of one batch are padded to the same
     bucket boundary, so the step compiles once per boundary. Without, the buckets are
     `fine_boundaries` up to the largest boundary and each side is padded to the batch's
-    own longest sequence: less padding, the same token budget per batch. Pairs longer
-    than the largest boundary are skipped (preprocess's --max_length normally prevents any).
+    own longest sequence: less padding, the same token budget per batch;
+    bucket_by_both_lengths then also groups by each side's own bucket (`_Buckets`).
+    Pairs longer than the largest boundary are skipped (preprocess's --max_length
+    normally prevents any).
     """
     boundaries = sorted(int(b) for b in boundaries)
     if not boundaries:
@@ -107,24 +109,80 @@ def make_train_dataset(*, data_dir: str, split: str, boundaries, tokens_per_batc
     if shuffle_buffer > 1:
         records = records.shuffle(shuffle_buffer, seed=seed, reshuffle_each_iteration=True)
 
-    def keep_tokens(serialized):
-        example = features.parse_example(serialized)
-        return {features.INPUTS: example[features.INPUTS],
-                features.TARGETS: example[features.TARGETS]}
-
-    examples = records.map(keep_tokens, num_parallel_calls=tf.data.AUTOTUNE,
-                           deterministic=True)
-    examples = examples.filter(lambda ex: _length(ex) <= boundaries[-1])
     sizes = bucket_batch_sizes(boundaries, tokens_per_batch=tokens_per_batch,
                                multiple=batch_multiple)
-    batches = examples.bucket_by_sequence_length(
-        element_length_func=_length,
-        # Lengths < b+1 (i.e. <= b) land in the bucket padded to b - 1 + 1 = b.
-        bucket_boundaries=[b + 1 for b in boundaries],
-        bucket_batch_sizes=sizes + [sizes[-1]],
-        pad_to_bucket_boundary=static_shapes,
-        drop_remainder=True)
-    return batches.prefetch(2)
+    buckets = _Buckets(boundaries, sizes,
+                       by_both_lengths=bucket_by_both_lengths and not static_shapes)
+    # One vectorised parse, length filter and bucket choice per _PARSE_BATCH records
+    # (order kept): per-record work is most of an input pipeline's cost on a CPU.
+    examples = records.batch(_PARSE_BATCH).map(
+        buckets.parse, num_parallel_calls=tf.data.AUTOTUNE, deterministic=True).unbatch()
+    batches = examples.group_by_window(
+        key_func=lambda example: example[_BUCKET], window_size_func=buckets.batch_size,
+        reduce_func=lambda key, window: window.padded_batch(buckets.batch_size(key),
+                                                            drop_remainder=True))
+    pad = buckets.pad_to_boundary if static_shapes else buckets.trim_to_longest
+    return batches.map(pad).prefetch(2)
+
+
+_BUCKET = "bucket"
+
+
+class _Buckets:
+    """Which bucket a pair joins, its batch size, and the width its batch is padded to.
+
+    A bucket per boundary, by the pair's longer side, or with `by_both_lengths` a bucket
+    per (source, target) pair of boundaries: bucketing by the longer side alone pads the
+    shorter one (on English->German 18% of source positions were padding, 8% of target
+    ones; 6% each by both). The batch size follows the longer side's boundary either
+    way, so the token budget holds.
+    """
+
+    def __init__(self, boundaries, sizes, *, by_both_lengths: bool):
+        self.boundaries = tf.constant(boundaries, tf.int64)
+        self.sizes = tf.constant(sizes, tf.int64)
+        self.count = len(boundaries)
+        self.by_both_lengths = by_both_lengths
+
+    def _index(self, lengths):
+        return tf.searchsorted(self.boundaries, lengths, out_type=tf.int64)  # first >= length
+
+    def parse(self, serialized):
+        pairs = features.parse_token_batch(serialized)
+        source = tf.cast(pairs[features.INPUTS].row_lengths(), tf.int64)
+        target = tf.cast(pairs[features.TARGETS].row_lengths(), tf.int64)
+        fits = tf.maximum(source, target) <= self.boundaries[-1]
+        if self.by_both_lengths:
+            bucket = self._index(source) * self.count + self._index(target)
+        else:
+            bucket = self._index(tf.maximum(source, target))
+        batch = {key: tf.boolean_mask(value.to_tensor(), fits) for key, value in pairs.items()}
+        batch[_BUCKET] = tf.boolean_mask(bucket, fits)
+        return batch
+
+    def _longer_side(self, bucket):
+        if self.by_both_lengths:
+            return tf.maximum(bucket // self.count, bucket % self.count)
+        return bucket
+
+    def batch_size(self, bucket):
+        return tf.gather(self.sizes, self._longer_side(bucket))
+
+    def pad_to_boundary(self, batch):
+        width = tf.cast(tf.gather(self.boundaries, batch[_BUCKET][0]), tf.int32)
+
+        def fit(tokens):
+            tokens = tokens[:, :width]
+            return tf.pad(tokens, [[0, 0], [0, width - tf.shape(tokens)[1]]])
+
+        return {key: fit(batch[key]) for key in (features.INPUTS, features.TARGETS)}
+
+    def trim_to_longest(self, batch):
+        def trim(tokens):
+            real = tf.reduce_sum(tf.cast(tokens != features.PAD_ID, tf.int32), axis=1)
+            return tokens[:, :tf.reduce_max(real)]
+
+        return {key: trim(batch[key]) for key in (features.INPUTS, features.TARGETS)}
 
 
 def make_eval_dataset(*, data_dir: str, split: str, batch_size: int,

@@ -84,6 +84,16 @@ def parse_example(serialized):
     }
 
 
+def parse_token_batch(serialized):
+    """Parses a batch of serialized Examples into ragged int32 "inputs" and "targets" only.
+
+    What training reads: one vectorised parse per batch of records costs the input
+    pipeline far less than a parse per record of every feature.
+    """
+    parsed = tf.io.parse_example(serialized, {key: FEATURE_SPEC[key] for key in (INPUTS, TARGETS)})
+    return {key: tf.cast(parsed[key], tf.int32) for key in (INPUTS, TARGETS)}
+
+
 def decode_example(serialized: bytes) -> dict:
     """Eager, pure-Python parse for tests, audits and the evaluator's reference texts."""
     example = tf.train.Example.FromString(serialized)

@@ -52,26 +52,49 @@ def test_fine_boundaries_follow_the_granularity():
     assert dataset.fine_boundaries(7) == [2, 4, 6, 7]
 
 
-def test_dynamic_batches_pad_each_side_to_its_own_longest(data_dir):
-    ds = dataset.make_train_dataset(data_dir=data_dir, split="train", boundaries=[8, 16],
-                                    tokens_per_batch=128, shuffle_buffer=16, seed=1,
-                                    static_shapes=False)
+@pytest.fixture(scope="module")
+def unrelated_lengths_dir(tmp_path_factory):
+    """Pairs whose source and target lengths vary independently (a source's bucket by its
+    longer side says little about its shorter one)."""
+    output = str(tmp_path_factory.mktemp("lengths"))
+    toy_data.make_toy_data_dir(output, num_train=8, num_dev=2, num_test=2)
+    sources = [s for s, _ in toy_data.make_pairs(512, seed=5)]
+    targets = [t for _, t in toy_data.make_pairs(512, seed=6)]
+    toy_data.write_split(output, "train", list(zip(sources, targets)))
+    return output
+
+
+@pytest.mark.parametrize("both", [False, True], ids=["longer_side", "both_lengths"])
+def test_dynamic_batches_pad_each_side_to_its_own_longest(unrelated_lengths_dir, both):
+    ds = dataset.make_train_dataset(data_dir=unrelated_lengths_dir, split="train",
+                                    boundaries=[8, 16], tokens_per_batch=128,
+                                    shuffle_buffer=16, seed=1, static_shapes=False,
+                                    bucket_by_both_lengths=both)
     fine = dataset.fine_boundaries(16)
-    widths = set()
+
+    def bucket(length):
+        return min(b for b in fine if b >= length)
+
+    widths, mixed_sources = set(), 0
     for batch in ds.take(30):
-        pair_lengths = []
+        lengths = []
         for key in ("inputs", "targets"):
             tokens = batch[key].numpy()
-            lengths = (tokens != features.PAD_ID).sum(axis=1)
-            assert tokens.shape[1] == lengths.max()  # no all-padding column
-            pair_lengths.append(lengths)
+            lengths.append((tokens != features.PAD_ID).sum(axis=1))
+            assert tokens.shape[1] == lengths[-1].max()  # no all-padding column
             widths.add(tokens.shape[1])
-        # All pairs of a batch share one fine bucket, whose token budget sets the size.
-        longest = np.maximum(*pair_lengths)
-        bucket = min(b for b in fine if b >= longest.max())
-        assert all(b < longest.min() or b >= bucket for b in fine)
-        assert len(longest) == 128 // bucket
+        source, target = lengths
+        # One bucket by the longer side, whose token budget sets the batch size ...
+        longer = {bucket(n) for n in np.maximum(source, target)}
+        assert len(longer) == 1
+        assert len(source) == 128 // longer.pop()
+        # ... and by both lengths, one source bucket and one target bucket as well.
+        sides = [{bucket(n) for n in side} for side in (source, target)]
+        mixed_sources += len(sides[0]) > 1
+        if both:
+            assert all(len(side) == 1 for side in sides), sides
     assert len(widths) > 2  # more shapes than the two static buckets
+    assert (mixed_sources == 0) == both  # the longer side alone leaves sources mixed
 
 
 def test_input_pipelines_split_the_examples_without_overlap(data_dir):
