@@ -55,10 +55,10 @@ def preprocess_shared(cache_dir: str) -> str:
     return output
 
 
-def matmul_peak_gflops(size: int = 2048, repeats: int = 10) -> float:
-    """Best fp32 matmul rate of this machine, measured now (the MFU denominator)."""
-    a = tf.random.normal([size, size])
-    b = tf.random.normal([size, size])
+def matmul_peak_gflops(size: int = 2048, repeats: int = 10, dtype=tf.float32) -> float:
+    """Best matmul rate of this machine in `dtype`, measured now (fp32: the MFU denominator)."""
+    a = tf.cast(tf.random.normal([size, size]), dtype)
+    b = tf.cast(tf.random.normal([size, size]), dtype)
     matmul = tf.function(lambda x, y: tf.matmul(x, y))
     matmul(a, b).numpy()
     best = float("inf")
@@ -100,6 +100,19 @@ class LoopRunner:
                 "source": sum(s.source_tokens for s in stats),
                 "target": sum(s.target_tokens for s in stats),
                 "padded": sum(s.padded_positions for s in stats)}
+
+
+def input_cpu_ms_per_batch(batches: tf.data.Dataset, *, count: int = 300) -> float:
+    """Process CPU time per batch of the loop's input pipeline alone (after a warm-up):
+    the share of the two cores it takes from the step, which model.fit fed from memory
+    does not pay."""
+    iterator = iter(batches)
+    for _ in range(50):
+        next(iterator)
+    began = time.process_time()
+    for _ in range(count):
+        next(iterator)
+    return (time.process_time() - began) * 1000 / count
 
 
 class _FitTimer(keras.callbacks.Callback):
@@ -190,10 +203,16 @@ def main():
     config.data.bucket_by_both_lengths = args.bucket_by_both_lengths
     config = trainer.resolve_config(config, dataset.load_metadata(data_dir),
                                     strategy=tf.distribute.get_strategy())
+    # Both contenders build their model under the policy, as s2s-train does.
+    keras.mixed_precision.set_global_policy(config.train.mixed_precision or "float32")
     keras.utils.set_random_seed(0)
     peak = matmul_peak_gflops()
+    compute_dtype = keras.mixed_precision.global_policy().compute_dtype
+    compute_peak = peak if compute_dtype == "float32" else matmul_peak_gflops(
+        dtype=compute_dtype)
 
     loop = LoopRunner(config, data_dir, warmup=args.warmup)
+    input_cpu_ms = input_cpu_ms_per_batch(loop.run.dataset)
     fits = {} if args.skip_fit else {
         "fit": FitRunner(config, data_dir, loss=keras_builtin_loss(config), steps=args.steps),
         "fit_fused_loss": FitRunner(config, data_dir, loss=fused_loss(config),
@@ -218,7 +237,11 @@ def main():
         "model_gflops_per_s": round(achieved, 2),
         "peak_gflops": round(peak, 1),
         "mfu": round(achieved / peak, 4),
+        "input_cpu_ms_per_batch": round(input_cpu_ms, 2),
     }
+    if compute_dtype != "float32":  # the same work against the policy's own matmul peak
+        result[f"peak_{compute_dtype}_gflops"] = round(compute_peak, 1)
+        result[f"mfu_vs_{compute_dtype}_peak"] = round(achieved / compute_peak, 4)
     for key, values in fit_rates.items():
         result[f"{key}_tokens_per_s"] = round(middle(values), 1)
     if fits:
