@@ -190,9 +190,9 @@ def main():
                         "'auto' for the hardware's fastest)")
     parser.add_argument("--jit_compile", action="store_true",
                         help="XLA-compile the loop's train step (static bucket shapes)")
-    parser.add_argument("--bucket_by_both_lengths", action="store_true",
-                        help="the loop groups batches by source and target length "
-                        "(config.data.bucket_by_both_lengths)")
+    parser.add_argument("--bucket_by_both_lengths", choices=("true", "false"),
+                        help="override config.data.bucket_by_both_lengths: whether the loop "
+                        "groups batches by source and target length")
     args = parser.parse_args()
 
     data_dir = args.data_dir or preprocess_shared(args.cache_dir)
@@ -200,7 +200,8 @@ def main():
     if args.mixed_precision is not None:
         config.train.mixed_precision = args.mixed_precision
     config.train.jit_compile = args.jit_compile
-    config.data.bucket_by_both_lengths = args.bucket_by_both_lengths
+    if args.bucket_by_both_lengths is not None:
+        config.data.bucket_by_both_lengths = args.bucket_by_both_lengths == "true"
     config = trainer.resolve_config(config, dataset.load_metadata(data_dir),
                                     strategy=tf.distribute.get_strategy())
     # Both contenders build their model under the policy, as s2s-train does.
