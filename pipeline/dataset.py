@@ -151,11 +151,12 @@ class _Buckets:
         pairs = features.parse_token_batch(serialized)
         source = tf.cast(pairs[features.INPUTS].row_lengths(), tf.int64)
         target = tf.cast(pairs[features.TARGETS].row_lengths(), tf.int64)
-        fits = tf.maximum(source, target) <= self.boundaries[-1]
+        longer = tf.maximum(source, target)
+        fits = longer <= self.boundaries[-1]
         if self.by_both_lengths:
             bucket = self._index(source) * self.count + self._index(target)
         else:
-            bucket = self._index(tf.maximum(source, target))
+            bucket = self._index(longer)
         batch = {key: tf.boolean_mask(value.to_tensor(), fits) for key, value in pairs.items()}
         batch[_BUCKET] = tf.boolean_mask(bucket, fits)
         return batch
