@@ -386,7 +386,7 @@ def define_flags(flag_values: flags.FlagValues = flags.FLAGS) -> None:
         getattr(flags, f"DEFINE_{kind}")(name, default, help_text, flag_values=flag_values)
 
     define("multi_string", "train", [], "Training source SPEC (repeatable): tsv:PATH, "
-           "text:SRC_PATH,TGT_PATH, tfds:NAME[:SPLIT], gettext:LANG, cmudict.")
+           "text:SRC_PATH,TGT_PATH, tfds:NAME[:SPLIT], gettext:LANG, cmudict, cmudict:all.")
     define("multi_string", "dev", [], "Dev source SPEC (repeatable).")
     define("multi_string", "test", [], "Test source SPEC (repeatable).")
     define("string", "split_fractions", None, "Carve splits out of --train by a hash of the "

