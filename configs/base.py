@@ -25,7 +25,7 @@ def get_config() -> ml_collections.ConfigDict:
     # their longest pair, and the loss projects only real target positions.
     config.data.static_shapes = False
     # Without static shapes, also group by each side's own length: half the padding on
-    # English->German, but CMUdict learned slower per step (README: Benchmarks).
+    # English->German, but it learns less per step there and on CMUdict (README: Benchmarks).
     config.data.bucket_by_both_lengths = False
 
     config.optimizer = ml_collections.ConfigDict()
