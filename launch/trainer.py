@@ -19,7 +19,6 @@ from absl import logging
 
 import models
 from launch import checkpoints, optim, precision, strategy as strategy_lib
-from models import losses
 from pipeline import dataset, features
 
 MIXED_PRECISION = precision.POLICIES + (precision.AUTO,)
@@ -211,8 +210,8 @@ class Trainer:
                 # step's largest tensor.
                 real = tf.not_equal(targets, pad_id)
                 hidden, targets = tf.boolean_mask(hidden, real), tf.boolean_mask(targets, real)
-            loss_sum, tokens = losses.cross_entropy_sums(
-                self.model.output_logits(hidden), targets, pad_id=pad_id,
+            loss_sum, tokens = self.model.output_loss_sums(
+                hidden, targets, pad_id=pad_id,
                 label_smoothing=self.config.train.label_smoothing)
             scaled = self.optimizer.scale_loss(loss_sum / self._nominal_tokens)
         grads = tape.gradient(scaled, self.model.trainable_variables)

@@ -6,6 +6,8 @@ same interface, so nothing downstream branches on the kind:
     logits = model({"inputs": [B,S] int32, "targets": [B,T] int32}, training=...)
     # the same, in two halves, so a trainer can project only real target positions:
     logits = model.output_logits(model.decoder_hidden(features, training=...))
+    # or the training loss with that projection fused in (models/losses.py):
+    loss_sum, tokens = model.output_loss_sums(hidden, targets, pad_id=0, label_smoothing=0.1)
     encoded = model.encode(inputs)                      # dict, batch-first tensors
     cache = model.init_cache(encoded, max_decode_length, beam_size=1)  # B * beam rows
     logits, cache = model.decode_step(tokens, cache)    # [rows] int32 -> [rows,V] float32

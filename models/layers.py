@@ -16,6 +16,8 @@ import math
 import keras
 import tensorflow as tf
 
+from models import losses
+
 # Attention score (in float32) at masked positions. Far below any real score, yet
 # finite, so a fully masked row gives a uniform distribution instead of NaN; it is
 # never cast to float16 (where it would overflow to -inf).
@@ -212,6 +214,10 @@ class TokenEmbedding(keras.layers.Layer):
         """Tied output projection: [..., dim] -> [..., vocab] float32."""
         return project_to_vocab(x, self.table, vocab_major=True)
 
+    def loss_sums(self, x, targets, **loss_options):
+        """losses.projected_cross_entropy_sums of the tied projection (training)."""
+        return losses.projected_cross_entropy_sums(x, self.table, targets, **loss_options)
+
 
 class OutputProjection(keras.layers.Layer):
     """Untied output projection computed in float32: [..., dim] -> [..., vocab]."""
@@ -224,8 +230,16 @@ class OutputProjection(keras.layers.Layer):
         self.built = True
 
     def call(self, x):
+        return self.logits(x)
+
+    def logits(self, x):
         return project_to_vocab(x, self.kernel, vocab_major=False) + tf.cast(self.bias,
                                                                             tf.float32)
+
+    def loss_sums(self, x, targets, **loss_options):
+        """losses.projected_cross_entropy_sums of this projection (training)."""
+        return losses.projected_cross_entropy_sums(
+            x, tf.transpose(self.kernel), targets, bias=self.bias, **loss_options)
 
 
 def _heads_major(x):

@@ -70,6 +70,79 @@ def _weighted_token_losses(logits, targets, *, weights, eps):
     return token_losses(logits)
 
 
+def projected_cross_entropy_sums(x, weights, targets, *, bias=None, pad_id=0,
+                                 label_smoothing=0.0):
+    """cross_entropy_sums of the logits x @ weights^T + bias, fused with that projection.
+
+    The trainer's loss: its backward needs only the two products with the saved softmax
+    and corrections of size [tokens, dim], where autodiff through the projection makes
+    two more passes over the [tokens, vocab] gradient (the step's largest tensor).
+
+    Args:
+        x: [..., dim] output-layer inputs (any float dtype; computed in float32).
+        weights: [vocab, dim] projection (an embedding table, or a kernel transposed).
+        targets: [...] int, pad_id at padding.
+        bias: optional [vocab] logit bias.
+        pad_id: padding id; those positions contribute nothing.
+        label_smoothing: eps in [0, 1), as in cross_entropy_sums.
+
+    Returns:
+        (loss_sum, token_count): float32 scalars.
+    """
+    x = tf.cast(x, tf.float32)
+    flat_x = tf.reshape(x, [-1, tf.shape(x)[-1]])
+    flat_targets = tf.reshape(tf.cast(targets, tf.int32), [-1])
+    token_weights = tf.cast(tf.not_equal(flat_targets, pad_id), tf.float32)
+    eps = float(label_smoothing)
+    weights = tf.convert_to_tensor(tf.cast(weights, tf.float32))
+    params = [weights] if bias is None else [weights, tf.cast(bias, tf.float32)]
+
+    @tf.custom_gradient
+    def token_losses(h, *params):
+        w = params[0]
+        vocab = tf.cast(tf.shape(w)[0], tf.float32)
+        logits = tf.matmul(h, w, transpose_b=True)
+        gold_w = tf.gather(w, flat_targets)
+        gold_logit = tf.reduce_sum(h * gold_w, axis=-1)
+        mean_logit = tf.linalg.matvec(h, tf.reduce_mean(w, axis=0))
+        if bias is not None:
+            logits += params[1]
+            gold_logit += tf.gather(params[1], flat_targets)
+            mean_logit += tf.reduce_mean(params[1])
+        probs = tf.nn.softmax(logits)
+        gold_prob = tf.gather(probs, flat_targets, batch_dims=1)
+        tiny = tf.reduce_any((gold_prob < 1e-30) & (token_weights > 0))
+        log_gold = tf.cond(
+            tiny, lambda: gold_logit - tf.reduce_logsumexp(logits, axis=-1),
+            lambda: tf.math.log(gold_prob))
+        loss = -log_gold
+        if eps:
+            loss += eps * (gold_logit - mean_logit)
+
+        def grad(upstream):
+            # d loss / d logits = scale * (probs - eps / vocab - (1 - eps) * one_hot(gold));
+            # each term is pushed through the projection on its own.
+            scale = (upstream * token_weights)[:, None]
+            scaled_h = scale * h
+            d_h = scale * (tf.matmul(probs, w) - (eps / vocab) * tf.reduce_sum(w, axis=0)
+                           - (1.0 - eps) * gold_w)
+            gold_rows = tf.math.unsorted_segment_sum((1.0 - eps) * scaled_h, flat_targets,
+                                                     tf.shape(w)[0])
+            d_w = (tf.matmul(probs, scaled_h, transpose_a=True)
+                   - (eps / vocab) * tf.reduce_sum(scaled_h, axis=0) - gold_rows)
+            if bias is None:
+                return d_h, d_w
+            gold_bias = tf.math.unsorted_segment_sum((1.0 - eps) * scale[:, 0], flat_targets,
+                                                     tf.shape(w)[0])
+            d_bias = (tf.linalg.matvec(probs, scale[:, 0], transpose_a=True)
+                      - (eps / vocab) * tf.reduce_sum(scale) - gold_bias)
+            return d_h, d_w, d_bias
+
+        return loss * token_weights, grad
+
+    return tf.reduce_sum(token_losses(flat_x, *params)), tf.reduce_sum(token_weights)
+
+
 def accuracy_sums(logits, targets, *, pad_id=0):
     """Number of real target tokens whose argmax prediction is right, and their count.
 

@@ -207,11 +207,20 @@ class LstmAttention(keras.Model):
 
     def output_logits(self, attentional):
         """Attentional states [..., hidden] -> next-token logits [..., vocab] float32."""
+        attentional, projection = self._output_layer(attentional)
+        return projection.logits(attentional)
+
+    def output_loss_sums(self, attentional, targets, **loss_options):
+        """Attentional states -> (loss_sum, token_count), the projection fused in."""
+        attentional, projection = self._output_layer(attentional)
+        return projection.loss_sums(attentional, targets, **loss_options)
+
+    def _output_layer(self, attentional):
         if self.output_projection is not None:
-            return self.output_projection(attentional)
+            return attentional, self.output_projection
         if self.pre_output is not None:
             attentional = self.pre_output(attentional)
-        return self.target_embedding.logits(attentional)
+        return attentional, self.target_embedding
 
     def _step(self, embedded, *, states, feed, memory, dropout_masks=None):
         """One decoder step, shared by the teacher-forced scan and `decode_step`.

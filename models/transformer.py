@@ -223,11 +223,18 @@ class Transformer(keras.Model):
 
     def output_logits(self, x):
         """Decoder hidden states [..., d_model] -> next-token logits [..., vocab] float32."""
+        x, projection = self._output_layer(x)
+        return projection.logits(x)
+
+    def output_loss_sums(self, x, targets, **loss_options):
+        """Decoder hidden states -> (loss_sum, token_count), the projection fused in."""
+        x, projection = self._output_layer(x)
+        return projection.loss_sums(x, targets, **loss_options)
+
+    def _output_layer(self, x):
         if self.decoder_norm is not None:
             x = self.decoder_norm(x)
-        if self.output_projection is None:
-            return self.target_embedding.logits(x)
-        return self.output_projection(x)
+        return x, self.output_projection or self.target_embedding
 
     # -- the shared interface ------------------------------------------------------
 

@@ -6,6 +6,7 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
+import models
 from models import losses
 
 # One sentence of three positions over a vocabulary of 3.
@@ -119,3 +120,73 @@ def test_underflowing_gold_probability_gives_the_exact_loss():
     expected = float(_reference_sums(tf.constant(logits), tf.constant(targets), pad_id=0,
                                      eps=0.3))
     np.testing.assert_allclose(float(smoothed), expected, rtol=1e-6)
+
+
+@pytest.mark.parametrize("eps", [0.0, 0.1])
+@pytest.mark.parametrize("with_bias", [False, True])
+def test_projected_loss_and_gradients_equal_the_unfused_projection(eps, with_bias):
+    rng = np.random.default_rng(2)
+    x = tf.constant(rng.normal(size=[3, 5, 7]).astype(np.float32))
+    weights = tf.constant(rng.normal(size=[13, 7]).astype(np.float32))
+    bias = tf.constant(rng.normal(size=[13]).astype(np.float32)) if with_bias else None
+    targets = rng.integers(1, 13, size=[3, 5]).astype(np.int32)
+    targets[0, 3:] = 0  # padding
+    upstream = 0.7
+    params = [x, weights] + ([bias] if with_bias else [])
+    with tf.GradientTape(persistent=True) as tape:
+        tape.watch(params)
+        logits = tf.einsum("btd,vd->btv", x, weights) + (0.0 if bias is None else bias)
+        reference, reference_count = losses.cross_entropy_sums(
+            logits, targets, pad_id=0, label_smoothing=eps)
+        fused, count = losses.projected_cross_entropy_sums(
+            x, weights, targets, bias=bias, pad_id=0, label_smoothing=eps)
+        reference_scaled, fused_scaled = reference * upstream, fused * upstream
+    assert float(count) == float(reference_count) == 13.0
+    np.testing.assert_allclose(float(fused), float(reference), rtol=1e-5)
+    for ours, theirs in zip(tape.gradient(fused_scaled, params),
+                            tape.gradient(reference_scaled, params)):
+        np.testing.assert_allclose(ours.numpy(), theirs.numpy(), atol=2e-5)
+    d_x = tape.gradient(fused_scaled, x).numpy()
+    assert np.all(d_x[0, 3:] == 0.0) and np.any(d_x[0, :3] != 0.0)  # padding gets none
+
+
+def test_projected_loss_takes_low_precision_inputs_and_underflow():
+    x = tf.constant([[[1.0, 0.0]]], tf.bfloat16)
+    weights = tf.constant([[200.0, 0.0], [0.0, 0.0], [0.0, 0.0]])  # p(gold) = e^-200
+    loss_sum, count = losses.projected_cross_entropy_sums(x, weights, [[2]], pad_id=0)
+    assert loss_sum.dtype == tf.float32 and float(count) == 1.0
+    np.testing.assert_allclose(float(loss_sum), 200.0, rtol=1e-6)
+
+
+MODEL_VARIANTS = [
+    dict(name="transformer", num_encoder_layers=1, num_decoder_layers=2, d_model=16,
+         num_heads=2, ffn_dim=32, pre_norm=pre_norm, share_embeddings=share)
+    for pre_norm in (True, False) for share in (True, False)] + [
+    dict(name="lstm_attention", num_encoder_layers=1, num_decoder_layers=1, embed_dim=8,
+         hidden_dim=12, share_embeddings=share) for share in (True, False)]
+
+
+@pytest.mark.parametrize("variant", MODEL_VARIANTS)
+def test_models_fused_output_loss_equals_the_loss_of_their_logits(variant):
+    # Tied tables, untied kernels with bias, pre-LN's final norm, the LSTM's pre-output.
+    model = models.build_model(variant, vocab_size=23, pad_id=0, eos_id=1, bos_id=3)
+    rng = np.random.default_rng(3)
+    features = {"inputs": rng.integers(4, 23, size=[2, 5]).astype(np.int32),
+                "targets": rng.integers(4, 23, size=[2, 6]).astype(np.int32)}
+    features["targets"][1, 4:] = 0
+    targets = features["targets"]
+    with tf.GradientTape(persistent=True) as tape:
+        hidden = model.decoder_hidden(features, training=False)
+        fused, count = model.output_loss_sums(hidden, targets, pad_id=0, label_smoothing=0.1)
+        reference, _ = losses.cross_entropy_sums(model.output_logits(hidden), targets,
+                                                 pad_id=0, label_smoothing=0.1)
+    assert float(count) == 10.0
+    np.testing.assert_allclose(float(fused), float(reference), rtol=1e-5)
+    variables = model.trainable_variables
+    for variable, ours, theirs in zip(variables, tape.gradient(fused, variables),
+                                      tape.gradient(reference, variables)):
+        assert (ours is None) == (theirs is None), variable.path
+        if ours is not None:
+            np.testing.assert_allclose(tf.convert_to_tensor(ours).numpy(),
+                                       tf.convert_to_tensor(theirs).numpy(), atol=1e-5,
+                                       err_msg=variable.path)
