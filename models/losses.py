@@ -44,19 +44,10 @@ def _weighted_token_losses(logits, targets, *, weights, eps):
     """
     @tf.custom_gradient
     def token_losses(z):
-        probs = tf.nn.softmax(z)
-        gold_logit = tf.gather(z, targets, batch_dims=1)
-        gold_prob = tf.gather(probs, targets, batch_dims=1)
-        # log p(gold) from the softmax; if it underflowed anywhere, recompute exactly.
-        tiny = tf.reduce_any((gold_prob < 1e-30) & (weights > 0))
-        log_gold = tf.cond(
-            tiny, lambda: gold_logit - tf.reduce_logsumexp(z, axis=-1),
-            lambda: tf.math.log(gold_prob))
-        # -(1-eps) log p(gold) - eps mean_v log p(v), with log p(v) = z_v - logsumexp(z)
-        # and logsumexp(z) = gold_logit - log_gold.
-        loss = -log_gold
-        if eps:
-            loss += eps * (gold_logit - tf.reduce_mean(z, axis=-1))
+        loss, probs = _smoothed_losses_and_softmax(
+            z, targets, weights=weights, eps=eps,
+            gold_logit=tf.gather(z, targets, batch_dims=1),
+            mean_logit=tf.reduce_mean(z, axis=-1))
 
         def grad(upstream):
             scale = upstream * weights
@@ -68,6 +59,25 @@ def _weighted_token_losses(logits, targets, *, weights, eps):
         return loss * weights, grad
 
     return token_losses(logits)
+
+
+def _smoothed_losses_and_softmax(logits, targets, *, weights, eps, gold_logit, mean_logit):
+    """Smoothed cross-entropy per row, and the softmax the hand-written backward reuses.
+
+    -(1-eps) log p(gold) - eps mean_v log p(v), with log p(v) = z_v - logsumexp(z) and
+    logsumexp(z) = gold_logit - log p(gold): one softmax, no separate logsumexp pass.
+    """
+    probs = tf.nn.softmax(logits)
+    gold_prob = tf.gather(probs, targets, batch_dims=1)
+    # log p(gold) from the softmax; if it underflowed anywhere, recompute exactly.
+    tiny = tf.reduce_any((gold_prob < 1e-30) & (weights > 0))
+    log_gold = tf.cond(
+        tiny, lambda: gold_logit - tf.reduce_logsumexp(logits, axis=-1),
+        lambda: tf.math.log(gold_prob))
+    loss = -log_gold
+    if eps:
+        loss += eps * (gold_logit - mean_logit)
+    return loss, probs
 
 
 def projected_cross_entropy_sums(x, weights, targets, *, bias=None, pad_id=0,
@@ -109,15 +119,9 @@ def projected_cross_entropy_sums(x, weights, targets, *, bias=None, pad_id=0,
             logits += params[1]
             gold_logit += tf.gather(params[1], flat_targets)
             mean_logit += tf.reduce_mean(params[1])
-        probs = tf.nn.softmax(logits)
-        gold_prob = tf.gather(probs, flat_targets, batch_dims=1)
-        tiny = tf.reduce_any((gold_prob < 1e-30) & (token_weights > 0))
-        log_gold = tf.cond(
-            tiny, lambda: gold_logit - tf.reduce_logsumexp(logits, axis=-1),
-            lambda: tf.math.log(gold_prob))
-        loss = -log_gold
-        if eps:
-            loss += eps * (gold_logit - mean_logit)
+        loss, probs = _smoothed_losses_and_softmax(
+            logits, flat_targets, weights=token_weights, eps=eps, gold_logit=gold_logit,
+            mean_logit=mean_logit)
 
         def grad(upstream):
             # d loss / d logits = scale * (probs - eps / vocab - (1 - eps) * one_hot(gold));
