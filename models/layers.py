@@ -219,6 +219,21 @@ class TokenEmbedding(keras.layers.Layer):
         return losses.projected_cross_entropy_sums(x, self.table, targets, **loss_options)
 
 
+class VocabularyOutput:
+    """Both models' `output_logits` and `output_loss_sums`, from their `_output_layer(x)`:
+    (the projection's inputs, the TokenEmbedding or OutputProjection that projects them)."""
+
+    def output_logits(self, x):
+        """Decoder outputs [..., dim] -> next-token logits [..., vocab] float32."""
+        x, projection = self._output_layer(x)
+        return projection.logits(x)
+
+    def output_loss_sums(self, x, targets, **loss_options):
+        """Decoder outputs -> (loss_sum, token_count), the projection fused in."""
+        x, projection = self._output_layer(x)
+        return projection.loss_sums(x, targets, **loss_options)
+
+
 class OutputProjection(keras.layers.Layer):
     """Untied output projection computed in float32: [..., dim] -> [..., vocab]."""
 

@@ -132,7 +132,7 @@ class _Attention(keras.layers.Layer):
         return tf.einsum("bs,bsd->bd", probs, memory)
 
 
-class LstmAttention(keras.Model):
+class LstmAttention(layers.VocabularyOutput, keras.Model):
     """Recurrent encoder-decoder with attention and the shared s2s model interface.
 
     Interface (same as Transformer):
@@ -205,17 +205,8 @@ class LstmAttention(keras.Model):
 
     # -- shared pieces -------------------------------------------------------------
 
-    def output_logits(self, attentional):
-        """Attentional states [..., hidden] -> next-token logits [..., vocab] float32."""
-        attentional, projection = self._output_layer(attentional)
-        return projection.logits(attentional)
-
-    def output_loss_sums(self, attentional, targets, **loss_options):
-        """Attentional states -> (loss_sum, token_count), the projection fused in."""
-        attentional, projection = self._output_layer(attentional)
-        return projection.loss_sums(attentional, targets, **loss_options)
-
     def _output_layer(self, attentional):
+        """Attentional states [..., hidden] -> (the projection's inputs, the projection)."""
         if self.output_projection is not None:
             return attentional, self.output_projection
         if self.pre_output is not None:

@@ -162,7 +162,7 @@ class DecoderLayer(keras.layers.Layer):
         return self.feed_forward(x, training=training)
 
 
-class Transformer(keras.Model):
+class Transformer(layers.VocabularyOutput, keras.Model):
     """Encoder-decoder Transformer with the shared s2s model interface.
 
     Interface (same as LstmAttention):
@@ -221,17 +221,8 @@ class Transformer(keras.Model):
         x += tf.cast(layers.sinusoidal_encoding(positions, self.config.d_model), x.dtype)
         return self.embedding_dropout(x, training=training)
 
-    def output_logits(self, x):
-        """Decoder hidden states [..., d_model] -> next-token logits [..., vocab] float32."""
-        x, projection = self._output_layer(x)
-        return projection.logits(x)
-
-    def output_loss_sums(self, x, targets, **loss_options):
-        """Decoder hidden states -> (loss_sum, token_count), the projection fused in."""
-        x, projection = self._output_layer(x)
-        return projection.loss_sums(x, targets, **loss_options)
-
     def _output_layer(self, x):
+        """Decoder hidden states [..., d_model] -> (normalized, the output projection)."""
         if self.decoder_norm is not None:
             x = self.decoder_norm(x)
         return x, self.output_projection or self.target_embedding
