@@ -13,8 +13,8 @@ flags.DEFINE_integer("beam_size", None, "Default: the training config's decode.b
 flags.DEFINE_float("alpha", None, "GNMT length penalty; default: decode.alpha.")
 flags.DEFINE_integer("average_last", 1, "Score (and export) the mean weights of the checkpoint "
                      "and the N-1 before it.")
-flags.DEFINE_bool("export_best", None, "Export the best checkpoint to WORKDIR/export/best; "
-                  "default: only when scoring the dev split.")
+flags.DEFINE_bool("export_best", None, "Export the best checkpoint (lowest WER for G2P, else "
+                  "highest BLEU) to WORKDIR/export/best; default: only when scoring the dev split.")
 flags.DEFINE_float("timeout", 600.0, "--watch: stop after this many seconds without a new "
                    "checkpoint.")
 flags.mark_flags_as_required(["workdir", "data_dir"])
@@ -44,7 +44,8 @@ def print_row(row: dict) -> None:
     print(f"\n{row['split']} set, step {row['step']}{mean}, beam {row['beam_size']}, "
           f"{row['num_sentences']} sentences:")
     names = {"bleu": "BLEU", "chrf": "chrF", "wer": "word error rate (%)",
-             "per": "phoneme error rate (%)"}
+             "per": "phoneme error rate (%)", "xent": "teacher-forced xent",
+             "token_accuracy": "token accuracy (%)"}
     for key, name in names.items():
         if key in row:
             print(f"  {name:<24} {row[key]:6.2f}")

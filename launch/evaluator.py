@@ -16,11 +16,12 @@ from absl import logging
 
 import models
 from launch import checkpoints, export
-from models import decoding
+from models import decoding, losses
 from pipeline import dataset, features, tokenizer
 
 METRICS_FILE = "metrics.jsonl"
 EXAMPLES = 8  # (source, reference, hypothesis) triples returned for the console
+SCALARS = ("bleu", "chrf", "wer", "per", "xent", "token_accuracy")  # TensorBoard and the log
 LOG_EVERY_SECONDS = 10  # decoding progress lines, at most one per this many seconds
 
 
@@ -146,6 +147,30 @@ def decode_split(run: Run, *, split: str, beam_size: int, alpha: float,
     return sources, references, hypotheses
 
 
+def teacher_forced_scores(run: Run, *, split: str, data_dir: str) -> dict:
+    """Per-token cross-entropy (nats, no smoothing) and accuracy given the reference prefix.
+
+    Beside the decoded scores they tell a model that underfits (train and dev alike high)
+    from one that memorizes (train far below dev) without running a search over train.
+    """
+    pad_id = run.config.data.pad_id
+    ids = tf.TensorSpec([None, None], tf.int32)
+
+    @tf.function(input_signature=[ids, ids])
+    def sums(inputs, targets):
+        logits = run.model({features.INPUTS: inputs, features.TARGETS: targets})
+        loss, count = losses.cross_entropy_sums(logits, targets, pad_id=pad_id)
+        correct, _ = losses.accuracy_sums(logits, targets, pad_id=pad_id)
+        return tf.stack([loss, correct, count])
+
+    total = np.zeros(3)
+    for batch in dataset.make_eval_dataset(data_dir=data_dir, split=split,
+                                           batch_size=run.config.decode.batch_size):
+        total += sums(batch[features.INPUTS], batch[features.TARGETS]).numpy()
+    loss, correct, count = total
+    return {"xent": loss / max(count, 1), "token_accuracy": 100.0 * correct / max(count, 1)}
+
+
 def edit_distance(a: list[str], b: list[str]) -> int:
     """Levenshtein distance between two token lists."""
     previous = list(range(len(b) + 1))
@@ -226,22 +251,23 @@ def evaluate_checkpoint(run: Run, path: str, *, workdir: str, data_dir: str, spl
     row = {"step": step, "split": split, "checkpoint": path, "beam_size": beam_size,
            "alpha": alpha, "averaged": len(averaged),
            **score(hypotheses, references, g2p=is_g2p(run.metadata)),
-           "decode_seconds": round(time.perf_counter() - began, 2)}
+           "decode_seconds": round(time.perf_counter() - began, 2),
+           **teacher_forced_scores(run, split=split, data_dir=data_dir)}
     checkpoints.write_text_atomically(os.path.join(out_dir, f"hyp-{step}.txt"),
                                       "".join(h + "\n" for h in hypotheses))
     metrics_path = os.path.join(out_dir, METRICS_FILE)
     previous = read_metrics(metrics_path)
-    best_before = max((r["bleu"] for r in previous), default=float("-inf"))
+    best_before = max(map(selection_score, previous), default=float("-inf"))
     checkpoints.write_text_atomically(
         metrics_path, "".join(json.dumps(r, sort_keys=True) + "\n" for r in previous + [row]))
     with tf.summary.create_file_writer(out_dir).as_default():
-        for key in ("bleu", "chrf", "wer", "per"):
+        for key in SCALARS:
             if key in row:
                 tf.summary.scalar(key, row[key], step=step)
-    extra = {k: row[k] for k in ("bleu", "chrf", "wer", "per") if k in row}
+    extra = {k: row[k] for k in SCALARS if k in row}
     logging.info("step %d %s: %s", step, split,
                  "  ".join(f"{k} {v:.2f}" for k, v in extra.items()))
-    if export_best and row["bleu"] > best_before:
+    if export_best and selection_score(row) > best_before:
         export.export_saved_model(
             run.model, source_model=run.source_tokenizer.model,
             target_model=run.target_tokenizer.model,
@@ -253,6 +279,11 @@ def evaluate_checkpoint(run: Run, path: str, *, workdir: str, data_dir: str, spl
     row["examples"] = [(source, " | ".join(refs), hypothesis) for source, refs, hypothesis
                        in zip(sources, references, hypotheses)][:EXAMPLES]
     return row
+
+
+def selection_score(row: dict) -> float:
+    """What "best" means for the export: lowest word error rate for G2P, else highest BLEU."""
+    return -row["wer"] if "wer" in row else row["bleu"]
 
 
 def recent_checkpoints(workdir: str, *, upto: str, count: int) -> list[str]:

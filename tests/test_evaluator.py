@@ -111,13 +111,40 @@ def test_evaluate_latest_writes_metrics_hypotheses_and_best_export(trained, tmp_
     lines = open(os.path.join(out, evaluator.METRICS_FILE)).read().splitlines()
     row = json.loads(lines[0])
     assert len(lines) == 1 and row["step"] == 400
-    assert {"bleu", "chrf", "bleu_signature"} <= set(row)
+    assert {"bleu", "chrf", "bleu_signature", "xent", "token_accuracy"} <= set(row)
     hyps = open(os.path.join(out, "hyp-400.txt")).read().splitlines()
     refs = [t for _, t in toy_data.make_pairs(32, seed=1)]
     assert len(hyps) == 32
     assert row["bleu"] == pytest.approx(sacrebleu.corpus_bleu(hyps, [refs]).score)
     assert row["chrf"] > 50.0  # it learned the copy task (sentences too short for BLEU-4)
     assert tf.io.gfile.exists(os.path.join(workdir, "export", "best", export.MANIFEST))
+
+
+def test_teacher_forced_scores_are_the_per_token_loss_and_accuracy_of_every_pair(trained):
+    data_dir, workdir = trained
+    run = evaluator.load_run(workdir=workdir, data_dir=data_dir)
+    evaluator.restore(run, [os.path.join(workdir, "checkpoints", "ckpt-400")])
+    result = evaluator.teacher_forced_scores(run, split="dev", data_dir=data_dir)
+    # One unpadded pair at a time, with numpy: padding in the job's batches changes nothing.
+    nats = right = tokens = 0
+    for source, target in toy_data.make_pairs(32, seed=1):  # the dev split
+        targets = run.target_tokenizer.encode(target)
+        logits = run.model({"inputs": tf.constant([run.source_tokenizer.encode(source)]),
+                            "targets": tf.constant([targets])}).numpy()[0].astype(np.float64)
+        shifted = logits - logits.max(-1, keepdims=True)
+        log_probs = shifted - np.log(np.exp(shifted).sum(-1, keepdims=True))
+        nats -= log_probs[np.arange(len(targets)), targets].sum()
+        right += (logits.argmax(-1) == targets).sum()
+        tokens += len(targets)
+    assert result["xent"] == pytest.approx(nats / tokens, rel=1e-4)
+    assert result["token_accuracy"] == pytest.approx(100 * right / tokens)
+    assert result["token_accuracy"] > 80  # it learned the copy task (chance: 1 in 21)
+
+
+def test_the_best_g2p_checkpoint_is_the_lowest_word_error_rate_not_the_highest_bleu():
+    rows = [{"bleu": 80.0, "wer": 30.0}, {"bleu": 79.0, "wer": 28.0}]
+    assert max(rows, key=evaluator.selection_score) is rows[1]
+    assert max([{"bleu": 20.0}, {"bleu": 25.0}], key=evaluator.selection_score)["bleu"] == 25.0
 
 
 def test_watch_skips_scored_steps_after_restart(trained, tmp_path):
