@@ -150,8 +150,8 @@ def decode_split(run: Run, *, split: str, beam_size: int, alpha: float,
 def teacher_forced_scores(run: Run, *, split: str, data_dir: str) -> dict:
     """Per-token cross-entropy (nats, no smoothing) and accuracy given the reference prefix.
 
-    Beside the decoded scores they tell a model that underfits (train and dev alike high)
-    from one that memorizes (train far below dev) without running a search over train.
+    Cheaper than a search and smoother than BLEU: dev xent rising across checkpoints while
+    the training loss still falls shows the model has begun to memorize.
     """
     pad_id = run.config.data.pad_id
     ids = tf.TensorSpec([None, None], tf.int32)
