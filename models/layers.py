@@ -220,8 +220,21 @@ class TokenEmbedding(keras.layers.Layer):
 
 
 class VocabularyOutput:
-    """Both models' `output_logits` and `output_loss_sums`, from their `_output_layer(x)`:
-    (the projection's inputs, the TokenEmbedding or OutputProjection that projects them)."""
+    """Both models' `call`, `output_logits` and `output_loss_sums`, from their
+    `decoder_hidden(features, training)` and `_output_layer(x)`: (the projection's inputs,
+    the TokenEmbedding or OutputProjection that projects them)."""
+
+    def call(self, features, training=False):
+        """Teacher-forced forward pass.
+
+        Args:
+            features: {"inputs": [batch, S] int32, "targets": [batch, T] int32}.
+            training: enables dropout.
+
+        Returns:
+            logits: [batch, T, vocab] float32; position t predicts targets[:, t].
+        """
+        return self.output_logits(self.decoder_hidden(features, training=training))
 
     def output_logits(self, x):
         """Decoder outputs [..., dim] -> next-token logits [..., vocab] float32."""

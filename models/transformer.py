@@ -251,18 +251,6 @@ class Transformer(layers.VocabularyOutput, keras.Model):
             x = self.encoder_norm(x)
         return {"memory": x, "source_mask": mask}
 
-    def call(self, features, training=False):
-        """Teacher-forced forward pass.
-
-        Args:
-            features: {"inputs": [batch, S] int32, "targets": [batch, T] int32}.
-            training: enables dropout.
-
-        Returns:
-            logits: [batch, T, vocab] float32; position t predicts targets[:, t].
-        """
-        return self.output_logits(self.decoder_hidden(features, training=training))
-
     def decoder_hidden(self, features, training=False):
         """The teacher-forced pass up to (not including) `output_logits`.
 
