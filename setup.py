@@ -55,6 +55,7 @@ setup(
             "s2s-evaluate=launch.evaluate:run",
             "s2s-export=launch.export:run",
             "s2s-translate=launch.translate:run",
+            "s2s-local-cluster=launch.local_cluster:run",
         ],
     },
 )

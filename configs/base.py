@@ -41,7 +41,11 @@ def get_config() -> ml_collections.ConfigDict:
 
     config.train = ml_collections.ConfigDict()
     config.train.num_steps = 20000  # total optimizer steps
-    config.train.steps_per_loop = 50  # steps inside one tf.function call (host round trip)
+    config.train.steps_per_loop = 50  # at most this many steps per tf.function call
+    # The host checks for a preemption notice (SIGTERM) at least this often: each call runs
+    # as many steps (up to steps_per_loop) as fit in it. Plus the checkpoint save, this has
+    # to fit in the platform's notice (30 s on Spot VMs).
+    config.train.preemption_check_seconds = 5.0
     config.train.grad_accum_steps = 1  # micro-batches summed into one optimizer step
     config.train.label_smoothing = 0.1
     config.train.checkpoint_every_steps = 1000

@@ -1,4 +1,9 @@
-"""s2s-train: absl flags -> trainer.train(config, workdir=..., data_dir=..., strategy=...)."""
+"""s2s-train: absl flags -> trainer.train(config, workdir=..., data_dir=..., strategy=...).
+
+Exit codes (launch/exit_codes.py): 0 only when the run reached num_steps; 143 when it
+stopped for a preemption (this worker's or a peer's, checkpoint saved) or lost a peer:
+restart the whole group to resume; 2 for an error that a restart will not fix.
+"""
 
 import sys
 
@@ -12,6 +17,10 @@ flags.DEFINE_string("data_dir", None, "s2s-preprocess output directory.")
 flags.DEFINE_string("strategy", "default",
                     "default | one_device | mirrored | multi_worker_mirrored | tpu")
 flags.DEFINE_string("tpu", "", "TPU name, or 'local' on a TPU VM (with --strategy=tpu).")
+flags.DEFINE_float("peer_timeout", 60.0, "multi_worker_mirrored: seconds without a heartbeat "
+                   "from a peer before the job stops with an error (exit 143).")
+flags.DEFINE_float("start_timeout", 900.0, "multi_worker_mirrored: seconds to wait for every "
+                   "worker to start before giving up (exit 143).")
 flags.DEFINE_integer("cpu_devices", 0, "Split the CPU into N logical devices (the CPU proxy "
                      "for multi-replica strategies); 0 leaves it alone.")
 flags.mark_flags_as_required(["config", "workdir", "data_dir"])
@@ -20,6 +29,7 @@ flags.mark_flags_as_required(["config", "workdir", "data_dir"])
 def main(argv):
     if len(argv) > 1:
         raise app.UsageError(f"unexpected arguments: {' '.join(argv[1:])}")
+    from launch import exit_codes
     from launch import strategy as strategy_lib  # imports TensorFlow: after flag parsing
     from launch import trainer
     from pipeline import dataset
@@ -31,12 +41,21 @@ def main(argv):
         dataset.load_metadata(flag_values.data_dir)
         if flag_values.cpu_devices:
             strategy_lib.set_cpu_devices(flag_values.cpu_devices)
-        strategy = strategy_lib.create(flag_values.strategy, tpu=flag_values.tpu)
+        strategy = strategy_lib.create(flag_values.strategy, tpu=flag_values.tpu,
+                                       peer_timeout=flag_values.peer_timeout,
+                                       start_timeout=flag_values.start_timeout)
         trainer.train(flag_values.config, workdir=flag_values.workdir,
                       data_dir=flag_values.data_dir, strategy=strategy)
+    except trainer.Preempted as stop:
+        print(f"s2s-train: {stop}", file=sys.stderr)
+        sys.exit(exit_codes.PREEMPTED)
+    except trainer.PeerLost as error:
+        print(f"s2s-train: error: {error}; restart the whole job to resume from the last "
+              "checkpoint", file=sys.stderr)
+        sys.exit(exit_codes.PREEMPTED)
     except (ValueError, trainer.TrainingError) as error:
         print(f"s2s-train: error: {error}", file=sys.stderr)
-        sys.exit(2)
+        sys.exit(exit_codes.ERROR)
 
 
 def parse_flags(argv):

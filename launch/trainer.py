@@ -14,6 +14,7 @@ import signal
 import time
 
 import keras
+import numpy as np
 import tensorflow as tf
 from absl import logging
 
@@ -44,6 +45,10 @@ def validate_config(config) -> None:
     for name, value in positive.items():
         if not isinstance(value, int) or value <= 0:
             raise ValueError(f"config.{name} must be a positive integer, got {value!r}")
+    if not isinstance(train.preemption_check_seconds, (int, float)) or not (
+            train.preemption_check_seconds > 0):
+        raise ValueError("config.train.preemption_check_seconds must be > 0, got "
+                         f"{train.preemption_check_seconds!r}")
     if train.mixed_precision not in MIXED_PRECISION:
         raise ValueError(f"config.train.mixed_precision={train.mixed_precision!r} is not one "
                          f"of {MIXED_PRECISION}")
@@ -148,7 +153,8 @@ class SigtermFlag:
 
     def _handle(self, signum, frame):
         del signum, frame
-        logging.warning("SIGTERM received: saving a checkpoint at the next loop boundary")
+        logging.warning("SIGTERM received: saving a checkpoint within "
+                        "config.train.preemption_check_seconds")
         self.raised = True
 
     def __exit__(self, *exc):
@@ -284,20 +290,99 @@ def _configure_runtime(config) -> None:
         tf.config.experimental.enable_op_determinism()
 
 
-def _any_worker_preempted(strategy, flag: SigtermFlag) -> bool:
-    """Workers must agree to stop at the same step: a sum of the local flags."""
-    if not isinstance(strategy, tf.distribute.MultiWorkerMirroredStrategy):
-        return flag.raised
-    local = tf.constant(1.0 if flag.raised else 0.0)
-    values = strategy.experimental_distribute_values_from_function(lambda _: local)
-    return bool(strategy.reduce(tf.distribute.ReduceOp.SUM, values, axis=None).numpy() > 0)
+class Preempted(Exception):
+    """Every worker saved a checkpoint at `step` and stopped for a preemption notice."""
+
+    def __init__(self, step: int, *, notified_workers: list[int]):
+        self.step, self.notified_workers = step, notified_workers
+        who = ", ".join(str(w) for w in notified_workers)
+        super().__init__(f"stopped for a preemption notice (SIGTERM to worker {who}) after "
+                         f"step {step}; checkpoint saved: restart the job to resume")
+
+
+class PeerLost(Exception):
+    """A peer worker stopped answering (killed, node lost): the job must restart as a group."""
+
+
+class _Fleet:
+    """The cross-worker decisions of a run, taken identically on every worker.
+
+    Each one is a single all-reduce of a small [workers, values] table in which every
+    worker fills its own row, so all workers see the same table and take the same branch.
+    """
+
+    def __init__(self, strategy, *, worker_index: int, num_workers: int, local_replicas: int):
+        self.strategy, self.worker_index, self.num_workers = strategy, worker_index, num_workers
+        self.local_replicas = local_replicas
+
+    def gather(self, values: list[float]) -> np.ndarray:
+        """[num_workers, len(values)] float64: every worker's `values`, in worker order."""
+        table = np.zeros([self.num_workers, len(values)], np.float64)
+        table[self.worker_index] = values
+        if self.num_workers == 1:
+            return table
+        mine, zeros = tf.constant(table), tf.zeros_like(table)
+        local = self.local_replicas
+        per_replica = self.strategy.experimental_distribute_values_from_function(
+            lambda context: mine if context.replica_id_in_sync_group % local == 0 else zeros)
+        return self.strategy.reduce(tf.distribute.ReduceOp.SUM, per_replica,
+                                    axis=None).numpy()
+
+    def check_same_restored_step(self, restored_step: int | None, *, workdir: str) -> None:
+        """All workers resume the same step, or none starts: each worker's copy holds its
+        own data position, so a missing or stale copy would silently diverge, then hang."""
+        steps = self.gather([-1 if restored_step is None else restored_step])[:, 0]
+        if len(set(steps.tolist())) == 1:
+            return
+        found = []
+        for index, step in enumerate(steps.astype(int).tolist()):
+            where = checkpoints.directory(workdir, worker_index=index, is_chief=index == 0)
+            found.append(f"worker {index}: " + (f"step {step}" if step >= 0 else
+                                                 f"no checkpoint in {where}"))
+        raise TrainingError(
+            "workers would resume from different checkpoints (" + "; ".join(found) + "). "
+            "Each worker keeps its own copy (its data position); restore the missing or stale "
+            "copies so every worker has the same newest step, or use a new --workdir")
+
+    def decide_after_call(self, *, preempted: bool, seconds_per_step: float
+                          ) -> tuple[list[int], float]:
+        """(workers that got SIGTERM, mean seconds per step): the same on every worker."""
+        table = self.gather([1.0 if preempted else 0.0, seconds_per_step])
+        notified = [index for index, flag in enumerate(table[:, 0]) if flag > 0.5]
+        return notified, float(table[:, 1].mean())
+
+
+def _steps_per_call(config, seconds_per_step: float) -> int:
+    """As many steps as fit in preemption_check_seconds, at least 1, at most steps_per_loop."""
+    fit = int(config.train.preemption_check_seconds / max(seconds_per_step, 1e-9))
+    return max(1, min(config.train.steps_per_loop, fit))
+
+
+def _is_peer_failure(error: tf.errors.OpError) -> bool:
+    """Collectives aborted because a peer died (connection reset) or stopped heartbeating."""
+    return isinstance(error, (tf.errors.UnavailableError, tf.errors.DeadlineExceededError,
+                              tf.errors.AbortedError, tf.errors.CancelledError)
+                      ) or "Collective ops is aborted" in str(error)
+
+
+_PEER_FAILURE_HINTS = ("unhealthy", "Connection reset", "aborted by", "Socket closed",
+                       "failed to connect", "heartbeat")
+
+
+def _peer_failure_summary(error: tf.errors.OpError) -> str:
+    """The one line of TensorFlow's long collective error that says what happened."""
+    for line in str(error).splitlines():
+        if any(hint in line for hint in _PEER_FAILURE_HINTS):
+            return " ".join(line.split())[:300]
+    return type(error).__name__
 
 
 def train(config, *, workdir: str, data_dir: str,
           strategy: tf.distribute.Strategy) -> list[StepStats]:
     """Trains until config.train.num_steps, resuming from the workdir's last checkpoint.
 
-    Returns the per-step statistics of the steps run by this call.
+    Returns the per-step statistics of the steps run by this call. Raises Preempted after
+    saving when any worker got SIGTERM, and PeerLost when a peer stops answering.
     """
     validate_config(config)
     metadata = dataset.load_metadata(data_dir)
@@ -309,10 +394,14 @@ def train(config, *, workdir: str, data_dir: str,
 
     trainer = Trainer(config, data_dir=data_dir, strategy=strategy,
                       worker_index=worker_index, num_workers=num_workers)
+    fleet = _Fleet(strategy, worker_index=worker_index, num_workers=num_workers,
+                   local_replicas=trainer.local_replicas)
     manager = checkpoints.manager(trainer.checkpoint, workdir=workdir,
                                   worker_index=worker_index, is_chief=is_chief,
                                   keep=config.train.keep_checkpoints)
     restored = checkpoints.restore_latest(manager, trainer.checkpoint)
+    fleet.check_same_restored_step(int(trainer.step.numpy()) if restored else None,
+                                   workdir=workdir)
     if is_chief:
         tf.io.gfile.makedirs(workdir)
         checkpoints.write_text_atomically(
@@ -326,28 +415,34 @@ def train(config, *, workdir: str, data_dir: str,
               else tf.summary.create_noop_writer())
     history: list[StepStats] = []
     progress = _Progress(config, writer=writer, is_chief=is_chief)
+    steps_per_call = 1  # the first call also traces and compiles; later ones fit the budget
     with SigtermFlag() as sigterm, writer.as_default():
         step = start
         while step < config.train.num_steps:
-            boundary = min(_next_multiple(step, config.train.steps_per_loop),
-                           _next_multiple(step, config.train.checkpoint_every_steps),
+            boundary = min(_next_multiple(step, config.train.checkpoint_every_steps),
                            _next_multiple(step, config.train.log_every_steps),
-                           config.train.num_steps)
+                           config.train.num_steps, step + steps_per_call)
             began = time.perf_counter()
-            stats = trainer.run_loop(boundary - step)
-            elapsed = time.perf_counter() - began
+            try:
+                stats = trainer.run_loop(boundary - step)
+                elapsed = time.perf_counter() - began
+                notified, seconds_per_step = fleet.decide_after_call(
+                    preempted=sigterm.raised, seconds_per_step=elapsed / (boundary - step))
+            except tf.errors.OpError as error:
+                if num_workers > 1 and _is_peer_failure(error):
+                    raise PeerLost(f"lost contact with a peer worker during steps {step + 1}-"
+                                   f"{boundary} ({_peer_failure_summary(error)})") from error
+                raise
             history.extend(stats)
             progress.record(stats, first_step=step + 1, seconds=elapsed)
             step = boundary
-            saved = (step % config.train.checkpoint_every_steps == 0
-                     or step == config.train.num_steps)
-            if saved:
+            steps_per_call = _steps_per_call(config, seconds_per_step)
+            if (step % config.train.checkpoint_every_steps == 0
+                    or step == config.train.num_steps or notified):
                 manager.save(checkpoint_number=step)
-            if _any_worker_preempted(strategy, sigterm):
-                if not saved:
-                    manager.save(checkpoint_number=step)
-                logging.warning("stopped by SIGTERM after step %d; checkpoint saved", step)
-                break
+            if notified and step < config.train.num_steps:
+                writer.flush()
+                raise Preempted(step, notified_workers=notified)
     writer.flush()
     return history
 

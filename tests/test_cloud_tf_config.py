@@ -95,11 +95,11 @@ def test_entrypoint_passes_the_exit_code_and_reports_bad_input_in_one_line():
 
 
 def test_sigterm_reaches_the_trainer_and_the_pod_reports_preemption(tmp_path):
-    """The trainer saves and exits 0 on SIGTERM; the pod must still not count as done."""
+    """The trainer saves and exits 143 on SIGTERM; the pod passes that on (not done)."""
     ready, saved = tmp_path / "ready", tmp_path / "saved"
     trainer = (f"import signal, sys, time, pathlib\n"
                f"def save(*_):\n"
-               f"    pathlib.Path({str(saved)!r}).write_text('checkpoint'); sys.exit(0)\n"
+               f"    pathlib.Path({str(saved)!r}).write_text('checkpoint'); sys.exit(143)\n"
                f"signal.signal(signal.SIGTERM, save)\n"
                f"pathlib.Path({str(ready)!r}).write_text('')\n"
                f"time.sleep(60)\n")

@@ -1,16 +1,18 @@
-"""s2s-train as a user runs it: flag validation, SIGKILL + restart, SIGTERM."""
+"""s2s-train as a user runs it: flag validation, SIGKILL + restart, SIGTERM and how fast."""
 
 import os
 import re
 import signal
 import subprocess
 import sys
+import time
 
 import numpy as np
 import pytest
 import tensorflow as tf
 
 import toy_data
+from launch import exit_codes
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 STEP_LOSS = re.compile(r"step (\d+) loss ([0-9.]+)")
@@ -93,7 +95,7 @@ def test_sigkill_then_restart_reproduces_the_uninterrupted_run(data_dir, tmp_pat
         np.testing.assert_array_equal(got[name], want[name], err_msg=name)
 
 
-def test_sigterm_saves_a_checkpoint_and_exits_cleanly(data_dir, tmp_path):
+def test_sigterm_saves_a_checkpoint_and_exits_with_the_restart_code(data_dir, tmp_path):
     process = subprocess.Popen(
         train_command(data_dir, tmp_path, "--config.train.num_steps=100000"),
         stderr=subprocess.PIPE, text=True, env=env(), cwd=REPO)
@@ -103,7 +105,38 @@ def test_sigterm_saves_a_checkpoint_and_exits_cleanly(data_dir, tmp_path):
             break
     rest = process.stderr.read()
     process.wait(timeout=60)
-    assert process.returncode == 0, rest[-3000:]
-    assert "stopped by SIGTERM" in rest
+    assert process.returncode == exit_codes.PREEMPTED, rest[-3000:]
+    assert "stopped for a preemption notice (SIGTERM to worker 0) after step" in rest
+    assert "Traceback" not in rest
     latest = tf.train.latest_checkpoint(str(tmp_path / "checkpoints"))
     assert int(latest.rsplit("-", 1)[1]) >= 6
+
+
+CHECK_SECONDS = 1.0
+
+
+def test_sigterm_is_acted_on_within_seconds_even_with_huge_steps_per_loop(data_dir, tmp_path):
+    """A TPU-sized steps_per_loop must not delay the save: the host checks every
+    preemption_check_seconds, so the checkpoint is written well inside a 30 s notice."""
+    process = subprocess.Popen(
+        train_command(data_dir, tmp_path, "--config.train.num_steps=1000000",
+                      "--config.train.steps_per_loop=100000",
+                      "--config.train.log_every_steps=100000",
+                      "--config.train.checkpoint_every_steps=100000",
+                      f"--config.train.preemption_check_seconds={CHECK_SECONDS}"),
+        stderr=subprocess.PIPE, text=True, env=env(), cwd=REPO)
+    for line in process.stderr:
+        if "starting at step 0" in line:
+            break
+    time.sleep(4 * CHECK_SECONDS)  # well inside the first full-size host calls
+    process.send_signal(signal.SIGTERM)
+    sent = time.monotonic()
+    rest = process.stderr.read()
+    process.wait(timeout=120)
+    elapsed = time.monotonic() - sent
+    assert process.returncode == exit_codes.PREEMPTED, rest[-3000:]
+    saved_step = int(tf.train.latest_checkpoint(str(tmp_path / "checkpoints"))
+                     .rsplit("-", 1)[1])
+    assert 0 < saved_step < 100000
+    # One host call (<= CHECK_SECONDS plus a step), the save and the process exit.
+    assert elapsed < CHECK_SECONDS + 10, (elapsed, rest[-2000:])

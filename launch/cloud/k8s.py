@@ -18,11 +18,12 @@ from typing import Sequence
 
 import yaml
 
+from launch import exit_codes
 from launch.cloud import cli, commands, tf_config
 
 PROG = "python -m launch.cloud.k8s"
 VARIANTS = ("indexed", "tfjob")
-PREEMPTED_EXIT_CODE = 143  # k8s_worker: the trainer was sent SIGTERM (128 + 15)
+PREEMPTED_EXIT_CODE = exit_codes.PREEMPTED  # the job was interrupted: restart the group
 TFJOB_CONTAINER = "tensorflow"  # the name the Kubeflow training operator looks for
 
 

@@ -16,6 +16,7 @@ import subprocess
 import sys
 from typing import Sequence
 
+from launch import exit_codes
 from launch.cloud import cli, tf_config
 
 PROG = "python -m launch.cloud.k8s_worker"
@@ -43,23 +44,18 @@ def worker_environment(environ: dict, *, job_name: str, service: str, replicas: 
 
 
 def run_forwarding_signals(argv: Sequence[str], *, env: dict) -> int:
-    """Runs argv; forwards SIGTERM/SIGINT; returns 128+signal if one arrived, else its code."""
+    """Runs argv, forwarding SIGTERM/SIGINT; its exit code (128 + N for signal N)."""
     try:
         child = subprocess.Popen(list(argv), env=env)
     except FileNotFoundError as error:
         raise cli.LaunchError(f"{argv[0]} is not installed or not on PATH") from error
-    received = []
 
     def forward(signum, _frame):
-        received.append(signum)
         child.send_signal(signum)
 
     for signum in (signal.SIGTERM, signal.SIGINT):
         signal.signal(signum, forward)
-    code = child.wait()
-    if received:
-        return 128 + received[0]
-    return 128 - code if code < 0 else code
+    return exit_codes.normalize(child.wait())
 
 
 def parse_args(argv: Sequence[str]):
