@@ -11,6 +11,7 @@ import pytest
 import yaml
 
 import cli_errors
+from launch import exit_codes
 from launch.cloud import k8s, k8s_worker
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -52,7 +53,7 @@ def eval_argv(documents) -> list[str]:
 
 @pytest.mark.parametrize("replicas", [1, 2, 4])
 def test_indexed_job_service_and_entrypoint_agree(replicas):
-    text, documents = dry_run(f"--replicas={replicas}", "--gpus_per_worker=2",
+    text, documents = dry_run("--variant=indexed", f"--replicas={replicas}", "--gpus_per_worker=2",
                               "--gpu_type=nvidia-l4", "--override=train.num_steps=500")
     assert text.startswith("# kubectl apply -f -\n")
     [service], [job], [evaluator] = (by_kind(documents, "Service"),
@@ -99,13 +100,65 @@ def test_indexed_job_service_and_entrypoint_agree(replicas):
     assert {c["image"] for d in (job, evaluator) for c in pod(d)["containers"]} == {"img:7"}
 
 
-def test_preempted_pods_are_replaced_without_using_up_retries():
-    _, documents = dry_run("--replicas=2")
+def pod_failure_action(policy: dict, exit_code: int) -> str:
+    """What a Job does with a pod that exited `exit_code` (first matching rule, as
+    Kubernetes evaluates podFailurePolicy; `NotIn` never matches exit code 0)."""
+    for rule in policy["rules"]:
+        codes = rule.get("onExitCodes")
+        if codes and exit_code != 0 and (exit_code in codes["values"]) == (
+                codes["operator"] == "In"):
+            return rule["action"]
+    return "Count"
+
+
+def test_indexed_job_replaces_interrupted_pods_and_fails_on_errors():
+    _, documents = dry_run("--variant=indexed", "--replicas=2")
     [job] = by_kind(documents, "Job", "train")
-    rules = job["spec"]["podFailurePolicy"]["rules"]
-    assert {"action": "Ignore", "onExitCodes": {"containerName": "trainer", "operator": "In",
-                                                "values": [k8s.PREEMPTED_EXIT_CODE]}} in rules
+    policy = job["spec"]["podFailurePolicy"]
+    assert {"action": "Ignore", "onPodConditions": [{"type": "DisruptionTarget"}]} in policy["rules"]
+    assert pod_failure_action(policy, exit_codes.PREEMPTED) == "Ignore"
+    assert pod_failure_action(policy, exit_codes.KILLED) == "Ignore"
+    assert pod_failure_action(policy, exit_codes.ERROR) == "FailJob"
+    assert pod_failure_action(policy, 1) == "FailJob"
     assert job["spec"]["template"]["spec"]["restartPolicy"] == "Never"  # podFailurePolicy needs it
+
+
+@pytest.mark.parametrize("replicas", [1, 3])
+def test_jobset_restarts_the_whole_group_on_an_interruption(replicas):
+    text, documents = dry_run(f"--replicas={replicas}", "--max_restarts=7")
+    [jobset] = by_kind(documents, "JobSet")
+    assert jobset["apiVersion"] == "jobset.x-k8s.io/v1alpha2"
+    spec = jobset["spec"]
+    assert spec["failurePolicy"] == {"maxRestarts": 7, "rules": [
+        {"action": "FailJobSet", "onJobFailureReasons": ["PodFailurePolicy"]},
+        {"action": "RestartJobSet"}]}
+    [replicated] = spec["replicatedJobs"]
+    job = replicated["template"]["spec"]
+    assert replicated["replicas"] == 1
+    assert job["completionMode"] == "Indexed" and job["backoffLimit"] == 0
+    assert job["completions"] == job["parallelism"] == replicas
+    # An error fails the Job by the policy (-> FailJobSet); an interruption is counted,
+    # which with backoffLimit 0 fails the Job otherwise (-> RestartJobSet, every pod).
+    policy = job["podFailurePolicy"]
+    assert pod_failure_action(policy, exit_codes.ERROR) == "FailJob"
+    assert pod_failure_action(policy, exit_codes.PREEMPTED) == "Count"
+    assert pod_failure_action(policy, exit_codes.KILLED) == "Count"
+    pod_spec = job["template"]["spec"]
+    assert pod_spec["restartPolicy"] == "Never"
+    command = pod_spec["containers"][0]["command"]
+    args = k8s_worker.parse_args(command[3:])
+    # JobSet names pod i `<jobset>-<replicatedJob>-<job index>-<i>.<subdomain>`.
+    assert (args.job_name, args.service) == (f"s2s-ende-{replicated['name']}-0",
+                                             spec["network"]["subdomain"])
+    assert spec["network"]["enableDNSHostnames"] is True
+    for index in range(replicas if replicas > 1 else 0):
+        env = k8s_worker.worker_environment({"JOB_COMPLETION_INDEX": str(index)},
+                                            job_name=args.job_name, service=args.service,
+                                            replicas=args.replicas, port=args.port)
+        hosts = json.loads(env["TF_CONFIG"])["cluster"]["worker"]
+        assert hosts[index] == f"s2s-ende-workers-0-{index}.s2s-ende:{args.port}"
+    assert not by_kind(documents, "Service")  # JobSet makes the headless service
+    assert flag_values(eval_argv(documents), "workdir") == flag_values(command, "workdir")
 
 
 def test_tfjob_variant_lets_the_operator_set_tf_config():
@@ -147,9 +200,9 @@ def test_checked_in_manifests_match_the_generator(path):
     assert list(yaml.safe_load_all(text))
 
 
-def test_checked_in_manifests_exist_for_both_variants():
+def test_checked_in_manifests_exist_for_every_variant():
     names = {os.path.basename(p) for p in glob.glob(os.path.join(REPO, "launch/cloud/k8s/*.yaml"))}
-    assert names == {"indexed-job.yaml", "tfjob.yaml"}
+    assert names == {"jobset.yaml", "indexed-job.yaml", "tfjob.yaml"}
 
 
 @pytest.mark.parametrize("args, message", [

@@ -1,13 +1,21 @@
 """Kubernetes manifests for training + evaluation, generated so their arguments agree.
 
-Two variants, both with a separate evaluator Job that follows the same workdir:
-- `indexed`: a headless Service and an Indexed Job; each pod's entrypoint
-  (launch/cloud/k8s_worker.py) builds TF_CONFIG from JOB_COMPLETION_INDEX.
-- `tfjob`: a Kubeflow TFJob (the training operator sets TF_CONFIG).
+Three variants, each with a separate evaluator Job that follows the same workdir; in all
+of them each pod's entrypoint (launch/cloud/k8s_worker.py) passes on the trainer's exit
+code (launch/exit_codes.py) and the failure policy acts on it for the whole group:
+- `jobset` (default, GKE): a JobSet (jobset.x-k8s.io) of one Indexed Job. Any interrupted
+  worker (exit 143 or 137, an evicted or lost pod) fails the Job and the JobSet restarts
+  ALL pods, up to --max_restarts times; any other non-zero exit fails the JobSet.
+- `indexed`: a headless Service and a plain Indexed Job, for clusters without JobSet. A
+  pod exiting 143/137 or disrupted is replaced without using retries; since every worker
+  exits 143 when any of them is interrupted, the whole group is replaced. Any other
+  non-zero exit fails the Job.
+- `tfjob`: a Kubeflow TFJob (legacy: the training operator sets TF_CONFIG; its ExitCode
+  policy retries 128-255 and fails on 1-127, which matches our codes).
 One pod uses all its GPUs (MirroredStrategy); several pods train together
 (MultiWorkerMirroredStrategy), each with all of its GPUs.
 
-    python -m launch.cloud.k8s --variant=indexed --name=s2s-ende --image=IMAGE \
+    python -m launch.cloud.k8s --name=s2s-ende --image=IMAGE \
         --config=configs/transformer.py --data_dir=gs://B/data --workdir=gs://B/run \
         --replicas=2 --gpus_per_worker=4 --dry-run
 """
@@ -22,8 +30,10 @@ from launch import exit_codes
 from launch.cloud import cli, commands, tf_config
 
 PROG = "python -m launch.cloud.k8s"
-VARIANTS = ("indexed", "tfjob")
+VARIANTS = ("jobset", "indexed", "tfjob")
 PREEMPTED_EXIT_CODE = exit_codes.PREEMPTED  # the job was interrupted: restart the group
+RESTART_EXIT_CODES = [exit_codes.PREEMPTED, exit_codes.KILLED]
+JOBSET_WORKERS = "workers"  # the JobSet's replicated job; its pods are NAME-workers-0-<i>
 TFJOB_CONTAINER = "tensorflow"  # the name the Kubeflow training operator looks for
 
 
@@ -46,6 +56,7 @@ class ClusterJob:
     volume_claim: str = ""  # PersistentVolumeClaim mounted at mount_path (non-gs:// paths)
     mount_path: str = "/mnt/s2s"
     eval_timeout: float = 3600.0  # evaluator stops after this long without a new checkpoint
+    max_restarts: int = 20  # jobset: group restarts after interruptions before giving up
 
     @property
     def service(self) -> str:
@@ -108,26 +119,64 @@ def headless_service(job: ClusterJob) -> dict:
                      "ports": [{"name": "grpc", "port": job.port}]}}
 
 
-def indexed_job(job: ClusterJob) -> dict:
-    """Training pods 0..replicas-1; a preempted pod (exit 143) is replaced, not counted."""
-    entrypoint = ["python", "-m", "launch.cloud.k8s_worker", f"--job_name={job.name}",
-                  f"--service={job.service}", f"--replicas={job.replicas}",
+def training_pod(job: ClusterJob, *, pod_job_name: str, service: str) -> dict:
+    """A training pod of an Indexed Job named `pod_job_name`, reachable through `service`."""
+    entrypoint = ["python", "-m", "launch.cloud.k8s_worker", f"--job_name={pod_job_name}",
+                  f"--service={service}", f"--replicas={job.replicas}",
                   f"--port={job.port}", "--"]
     trainer = container(job, name="trainer", command=entrypoint + job.train_command(),
                         gpus=job.gpus_per_worker)
     trainer["ports"] = [{"name": "grpc", "containerPort": job.port}]
     pod = pod_spec(job, containers=[trainer], restart_policy="Never", gpus=job.gpus_per_worker)
-    pod["subdomain"] = job.service
+    pod["subdomain"] = service
+    return pod
+
+
+def fail_on_errors_rule() -> dict:
+    """A non-zero exit other than an interruption is an error a restart will not fix."""
+    return {"action": "FailJob", "onExitCodes": {"containerName": "trainer", "operator": "NotIn",
+                                                 "values": RESTART_EXIT_CODES}}
+
+
+def indexed_job(job: ClusterJob) -> dict:
+    """Training pods 0..replicas-1; interrupted pods are replaced without using retries."""
+    pod = training_pod(job, pod_job_name=job.name, service=job.service)
     return {"apiVersion": "batch/v1", "kind": "Job",
             "metadata": metadata(job, job.name, "train"),
             "spec": {"completionMode": "Indexed", "completions": job.replicas,
                      "parallelism": job.replicas, "backoffLimit": 6,
                      "podFailurePolicy": {"rules": [
                          {"action": "Ignore", "onPodConditions": [{"type": "DisruptionTarget"}]},
+                         fail_on_errors_rule(),
                          {"action": "Ignore", "onExitCodes": {
                              "containerName": "trainer", "operator": "In",
-                             "values": [PREEMPTED_EXIT_CODE]}}]},
+                             "values": RESTART_EXIT_CODES}}]},
                      "template": {"metadata": {"labels": labels(job, "train")}, "spec": pod}}}
+
+
+def jobset(job: ClusterJob) -> dict:
+    """One Indexed Job in a JobSet: any interruption restarts every pod together.
+
+    backoffLimit 0 makes any failed pod fail its Job. A failure by the podFailurePolicy
+    (an error exit) fails the JobSet; every other failure (exit 143/137, eviction, a lost
+    node) restarts the whole JobSet. Pod i is `{name}-workers-0-{i}.{name}`.
+    """
+    pod = training_pod(job, pod_job_name=f"{job.name}-{JOBSET_WORKERS}-0", service=job.name)
+    return {"apiVersion": "jobset.x-k8s.io/v1alpha2", "kind": "JobSet",
+            "metadata": metadata(job, job.name, "train"),
+            "spec": {"network": {"enableDNSHostnames": True, "subdomain": job.name},
+                     "failurePolicy": {"maxRestarts": job.max_restarts, "rules": [
+                         {"action": "FailJobSet", "onJobFailureReasons": ["PodFailurePolicy"]},
+                         {"action": "RestartJobSet"}]},
+                     "replicatedJobs": [{"name": JOBSET_WORKERS, "replicas": 1, "template": {
+                         "spec": {"completionMode": "Indexed", "completions": job.replicas,
+                                  "parallelism": job.replicas, "backoffLimit": 0,
+                                  "podFailurePolicy": {"rules": [
+                                      {"action": "Count",
+                                       "onPodConditions": [{"type": "DisruptionTarget"}]},
+                                      fail_on_errors_rule()]},
+                                  "template": {"metadata": {"labels": labels(job, "train")},
+                                               "spec": pod}}}}]}}
 
 
 def tfjob(job: ClusterJob) -> dict:
@@ -160,6 +209,8 @@ def evaluator_job(job: ClusterJob) -> dict:
 
 
 def manifests(job: ClusterJob, *, variant: str) -> list[dict]:
+    if variant == "jobset":
+        return [jobset(job), evaluator_job(job)]
     if variant == "indexed":
         return [headless_service(job), indexed_job(job), evaluator_job(job)]
     if variant == "tfjob":
@@ -174,7 +225,11 @@ def to_yaml(documents: list[dict]) -> str:
 def parse_args(argv: Sequence[str]):
     parser = cli.ArgumentParser(prog=PROG,
                                 description="Kubernetes manifests for s2s training.")
-    parser.add_argument("--variant", choices=VARIANTS, default="indexed")
+    parser.add_argument("--variant", choices=VARIANTS, default="jobset",
+                        help="jobset (GKE, restarts the group), indexed (plain Indexed Job) "
+                             "or tfjob (Kubeflow, legacy).")
+    parser.add_argument("--max_restarts", type=int, default=20,
+                        help="jobset: group restarts after interruptions before failing.")
     parser.add_argument("--name", required=True, help="Job name (DNS-1123: a-z, 0-9, -).")
     parser.add_argument("--image", required=True)
     parser.add_argument("--config", default="configs/transformer.py")
@@ -198,14 +253,16 @@ def parse_args(argv: Sequence[str]):
 def job_from_args(args) -> ClusterJob:
     if not all(c.isalnum() or c == "-" for c in args.name) or args.name != args.name.lower():
         raise cli.LaunchError(f"--name={args.name!r} must use only a-z, 0-9 and '-'")
-    if args.replicas < 1 or args.gpus_per_worker < 0:
-        raise cli.LaunchError("--replicas must be >= 1 and --gpus_per_worker >= 0")
+    if args.replicas < 1 or args.gpus_per_worker < 0 or args.max_restarts < 0:
+        raise cli.LaunchError("--replicas must be >= 1, --gpus_per_worker and --max_restarts "
+                              ">= 0")
     return ClusterJob(name=args.name, image=args.image, config=args.config,
                       data_dir=args.data_dir, workdir=args.workdir, replicas=args.replicas,
                       gpus_per_worker=args.gpus_per_worker, gpu_type=args.gpu_type,
                       cpu=args.cpu, memory=args.memory, namespace=args.namespace,
                       overrides=tuple(cli.split_overrides(args.override)),
-                      volume_claim=args.volume_claim, mount_path=args.mount_path)
+                      volume_claim=args.volume_claim, mount_path=args.mount_path,
+                      max_restarts=args.max_restarts)
 
 
 def main(argv: Sequence[str]) -> None:
