@@ -133,8 +133,15 @@ def tpu_vm_hosts(fetch=None) -> int:
 
 def worker_info(strategy: tf.distribute.Strategy) -> tuple[int, int, bool]:
     """(worker index, number of workers, is chief) for any strategy."""
-    resolver = getattr(strategy, "cluster_resolver", None)
-    if resolver is None or not resolver.cluster_spec().as_dict():
+    return worker_layout(getattr(strategy, "cluster_resolver", None),
+                         single_client=isinstance(strategy, tf.distribute.TPUStrategy))
+
+
+def worker_layout(resolver, *, single_client: bool) -> tuple[int, int, bool]:
+    """(index, workers, is chief) of this process. `single_client`: one process drives the
+    whole cluster (TPUStrategy, whose resolver lists the slice's hosts), so it is the chief
+    and the only worker that reads data or writes files."""
+    if single_client or resolver is None or not resolver.cluster_spec().as_dict():
         return 0, 1, True
     task_type, task_id = resolver.task_type, resolver.task_id or 0
     spec = resolver.cluster_spec().as_dict()
@@ -142,6 +149,4 @@ def worker_info(strategy: tf.distribute.Strategy) -> tuple[int, int, bool]:
     index = task_id + (1 if task_type == "worker" and "chief" in spec else 0)
     is_chief = task_type == "chief" or (task_type == "worker" and task_id == 0
                                         and "chief" not in spec)
-    if isinstance(strategy, tf.distribute.TPUStrategy):
-        return 0, 1, True  # one client drives every host of the slice (module docstring)
     return index, max(workers, 1), is_chief

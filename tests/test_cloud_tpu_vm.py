@@ -25,10 +25,10 @@ def dry_run(*args) -> list[str]:
     return out.getvalue().splitlines()
 
 
-def remote_command(line: str) -> str:
+def remote_command(line: str, *, worker: str = "all") -> str:
     argv = shlex.split(line)
     assert argv[:5] == ["gcloud", "compute", "tpus", "tpu-vm", "ssh"]
-    assert "--worker=all" in argv
+    assert f"--worker={worker}" in argv
     [command] = [a.split("=", 1)[1] for a in argv if a.startswith("--command=")]
     return command
 
@@ -53,6 +53,25 @@ def test_up_creates_a_queued_resource_installs_and_trains_on_every_host():
                        "--workdir=gs://b/run", "--strategy=tpu", "--tpu=local",
                        "--config.train.num_steps=7"]
     assert script.startswith("sudo docker rm -f s2s-train")  # a rerun replaces the old one
+
+
+def test_a_multi_host_slice_runs_one_client_on_worker_0():
+    """Cloud TPU's TF2 layout for pod slices: the TF pod runtime on every host, one client
+    on worker 0 with TPU_LOAD_LIBRARY=0 and TPUClusterResolver(tpu=NAME)."""
+    create, _, install, train = dry_run("up", *ARGS, "--accelerator_type=v5litepod-16")
+    assert "--runtime-version=tpu-vm-tf-2.21.0-pod-pjrt" in shlex.split(create)
+    assert "docker pull" in remote_command(install, worker="0")
+    script = remote_command(train, worker="0")
+    run = shlex.split(script.split("; ", 1)[1].split(" && ")[0])
+    assert run[7:9] == ["--env=TPU_LOAD_LIBRARY=0", "us-docker.pkg.dev/proj/s2s/s2s-pipeline:tpu"]
+    assert run[-2:] == ["--strategy=tpu", "--tpu=s2s-tpu"]
+    assert script.endswith(f"exit $(sudo docker wait {tpu_vm.CONTAINER})")
+
+
+def test_an_unknown_accelerator_type_is_one_line(capsys):
+    cli_errors.assert_one_line_error(capsys, prog=tpu_vm.PROG, main=tpu_vm.main,
+                                     argv=["up", *ARGS, "--accelerator_type=v9-8", "--dry-run"],
+                                     message="--accelerator_type='v9-8' is not one of")
 
 
 def test_train_on_an_existing_tpu_and_down():

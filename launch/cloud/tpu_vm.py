@@ -5,14 +5,21 @@
         --workdir=gs://B/run --spot --dry-run
     python -m launch.cloud.tpu_vm down --name=s2s-tpu --project=P --zone=us-west4-a
 
-Every host of the slice (`--worker=all`) pulls the image and runs
-`s2s-train --strategy=tpu --tpu=local` in it. Preemption (Spot, maintenance): the trainer
-gets SIGTERM, saves a checkpoint to the gs:// workdir and exits 0. Run the same `up`
-command again: a suspended or failed queued resource is deleted and requested anew, and
-training resumes from the last checkpoint.
+One client per slice, whatever its size:
+- single-host slices (v5litepod-8, v4-8, v3-8, ...): the host pulls the image and runs
+  `s2s-train --strategy=tpu --tpu=local` in it;
+- multi-host slices (v5litepod-16, v4-32, v3-32, ...): only worker 0 runs the image,
+  with `--tpu=<name>` and TPU_LOAD_LIBRARY=0, and reaches every host's chips through the
+  TensorFlow servers of a `tpu-vm-tf-<version>-pod-pjrt` runtime (Cloud TPU's layout for
+  TF2 on pod slices; <version> must be the TensorFlow of the image). That client is the
+  one chief: it alone writes checkpoints, summaries and config.json.
+Preemption (Spot, maintenance): the trainer saves on SIGTERM and exits 143, or the VM
+just disappears. Run the same `up` command again: a suspended or failed queued resource
+is deleted and requested anew, and training resumes from the last checkpoint.
 """
 
 import dataclasses
+import re
 import shlex
 import subprocess
 import sys
@@ -24,6 +31,20 @@ from launch.cloud import cli, commands
 PROG = "python -m launch.cloud.tpu_vm"
 CONTAINER = "s2s-train"
 GONE_STATES = ("SUSPENDED", "FAILED")  # a preempted or unfulfillable request
+TENSORFLOW_VERSION = "2.21.0"  # the image's TensorFlow (constraints.txt)
+SINGLE_HOST_RUNTIME = "v2-alpha-tpuv5-lite"  # the image brings TensorFlow and libtpu
+# Chips (v5e, v6e) or TensorCores (v2-v4, v5p) per host, by the accelerator type's prefix.
+_PER_HOST = {"v5litepod": 4, "v5e": 4, "v6e": 4, "v2": 8, "v3": 8, "v4": 8, "v5p": 8}
+
+
+def slice_hosts(accelerator_type: str) -> int:
+    """Hosts of a slice: `v5litepod-16` -> 4, `v4-32` -> 4, anything of 8 or fewer -> 1."""
+    match = re.fullmatch(r"([a-z0-9]+)-(\d+)", accelerator_type)
+    if not match or match.group(1) not in _PER_HOST:
+        raise cli.LaunchError(f"--accelerator_type={accelerator_type!r} is not one of "
+                              f"{', '.join(p + '-N' for p in _PER_HOST)}")
+    size = int(match.group(2))
+    return 1 if size <= 8 else size // _PER_HOST[match.group(1)]
 
 
 @dataclasses.dataclass(frozen=True)
@@ -32,17 +53,42 @@ class TpuVm:
     project: str
     zone: str
     accelerator_type: str = "v5litepod-8"
-    runtime_version: str = "v2-alpha-tpuv5-lite"
+    runtime_version: str = ""  # "": SINGLE_HOST_RUNTIME, or the TF pod runtime for pods
     spot: bool = False
 
     def flags(self) -> list[str]:
         return [f"--project={self.project}", f"--zone={self.zone}"]
 
+    @property
+    def hosts(self) -> int:
+        return slice_hosts(self.accelerator_type)
+
+    @property
+    def runtime(self) -> str:
+        if self.runtime_version:
+            return self.runtime_version
+        if self.hosts > 1:
+            return f"tpu-vm-tf-{TENSORFLOW_VERSION}-pod-pjrt"
+        return SINGLE_HOST_RUNTIME
+
+    @property
+    def client_worker(self) -> str:
+        """Where the image runs: the only host, or worker 0 of a pod slice."""
+        return "all" if self.hosts == 1 else "0"
+
+    @property
+    def tpu_flag(self) -> str:
+        return "local" if self.hosts == 1 else self.name
+
+    @property
+    def client_env(self) -> dict:
+        return {} if self.hosts == 1 else {"TPU_LOAD_LIBRARY": "0"}
+
 
 def create_command(tpu: TpuVm) -> list[str]:
     argv = ["gcloud", "compute", "tpus", "queued-resources", "create", tpu.name,
             f"--node-id={tpu.name}", *tpu.flags(), f"--accelerator-type={tpu.accelerator_type}",
-            f"--runtime-version={tpu.runtime_version}"]
+            f"--runtime-version={tpu.runtime}"]
     return argv + (["--spot"] if tpu.spot else [])
 
 
@@ -57,9 +103,9 @@ def delete_command(tpu: TpuVm) -> list[str]:
 
 
 def ssh_command(tpu: TpuVm, script: str) -> list[str]:
-    """Runs `script` on every host of the slice."""
+    """Runs `script` on the host(s) that run the client (TpuVm.client_worker)."""
     return ["gcloud", "compute", "tpus", "tpu-vm", "ssh", tpu.name, *tpu.flags(),
-            "--worker=all", f"--command={script}"]
+            f"--worker={tpu.client_worker}", f"--command={script}"]
 
 
 def install_script(image: str) -> str:
@@ -72,23 +118,25 @@ def install_script(image: str) -> str:
     return " && ".join(steps)
 
 
-def train_script(image: str, train_argv: list[str]) -> str:
+def train_script(image: str, train_argv: list[str], *, env: dict | None = None) -> str:
     """Replace any previous container, run training detached, and follow its log.
 
     Detached, so a dropped ssh session does not stop training; --privileged and
-    --net=host give the container the TPU devices and the slice's network.
+    --net=host give the container the TPU devices and the slice's network. The script
+    exits with the trainer's code (0 only when the run finished).
     """
+    env_flags = [f"--env={key}={value}" for key, value in sorted((env or {}).items())]
     run = ["sudo", "docker", "run", "-d", f"--name={CONTAINER}", "--net=host", "--privileged",
-           image, *train_argv]
+           *env_flags, image, *train_argv]
     return (f"sudo docker rm -f {CONTAINER} >/dev/null 2>&1; {shlex.join(run)} && "
             f"sudo docker logs -f {CONTAINER} && "
             f"exit $(sudo docker wait {CONTAINER})")
 
 
-def tpu_train_command(*, config: str, data_dir: str, workdir: str,
+def tpu_train_command(tpu: TpuVm, *, config: str, data_dir: str, workdir: str,
                       overrides: Sequence[str]) -> list[str]:
     return commands.train_command(config=config, data_dir=data_dir, workdir=workdir,
-                                  strategy="tpu", tpu="local", overrides=overrides)
+                                  strategy="tpu", tpu=tpu.tpu_flag, overrides=overrides)
 
 
 def queued_resource_state(tpu: TpuVm) -> str:
@@ -113,7 +161,7 @@ def up(tpu: TpuVm, *, image: str, train_argv: list[str], dry_run: bool,
        wait_timeout: float) -> None:
     """Create (or re-create after preemption), wait for ACTIVE, install, train."""
     install = ssh_command(tpu, install_script(image))
-    train = ssh_command(tpu, train_script(image, train_argv))
+    train = ssh_command(tpu, train_script(image, train_argv, env=tpu.client_env))
     if dry_run:
         cli.run_commands([create_command(tpu)], dry_run=True)
         print(f"# then poll until this prints ACTIVE: {shlex.join(state_command(tpu))}")
@@ -139,7 +187,9 @@ def parse_args(argv: Sequence[str]):
     parser.add_argument("--project", required=True)
     parser.add_argument("--zone", required=True)
     parser.add_argument("--accelerator_type", default="v5litepod-8")
-    parser.add_argument("--runtime_version", default="v2-alpha-tpuv5-lite")
+    parser.add_argument("--runtime_version", default="",
+                        help=f"Default: {SINGLE_HOST_RUNTIME} on one host; "
+                             f"tpu-vm-tf-{TENSORFLOW_VERSION}-pod-pjrt on a multi-host slice.")
     parser.add_argument("--spot", action="store_true", help="Spot capacity (preemptible).")
     parser.add_argument("--image", help="The TPU build of the Dockerfile's image.")
     parser.add_argument("--data_dir", help="gs:// s2s-preprocess output.")
@@ -164,13 +214,14 @@ def main(argv: Sequence[str]) -> None:
     if args.action == "down":
         cli.run_commands([delete_command(tpu)], dry_run=args.dry_run)
         return
-    train_argv = tpu_train_command(config=args.config,
+    train_argv = tpu_train_command(tpu, config=args.config,
                                    data_dir=cli.require_gcs("--data_dir", args.data_dir),
                                    workdir=cli.require_gcs("--workdir", args.workdir),
                                    overrides=cli.split_overrides(args.override))
     if args.action == "train":
         cli.run_commands([ssh_command(tpu, install_script(args.image)),
-                          ssh_command(tpu, train_script(args.image, train_argv))],
+                          ssh_command(tpu, train_script(args.image, train_argv,
+                                                        env=tpu.client_env))],
                          dry_run=args.dry_run)
         return
     up(tpu, image=args.image, train_argv=train_argv, dry_run=args.dry_run,
