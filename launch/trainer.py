@@ -201,7 +201,15 @@ class Trainer:
             optimizer=checkpoints.variables_by_index(self.optimizer.variables),
             step=self.step, iterator=self.iterator)
         self._nominal_tokens = float(max(data.tokens_per_batch // self.num_replicas, 1))
-        self._grad_fn = tf.function(self._gradients, jit_compile=train.jit_compile)
+        # Under jit_compile a single replica compiles its whole step (gradients, clipping
+        # and the optimizer update) into one XLA program, as TPUStrategy compiles each
+        # replica's step. Several CPU/GPU replicas compile the gradients only: updating
+        # mirrored copies on other devices is a cross-device step XLA cannot compile there.
+        whole_step = train.jit_compile and self.num_replicas == 1
+        self._grad_fn = (tf.function(self._gradients, jit_compile=True)
+                         if train.jit_compile and not whole_step else self._gradients)
+        self._step_fn = (tf.function(self._replica_step, jit_compile=True) if whole_step
+                         else self._replica_step)
         self._loop = tf.function(self._train_loop)
 
     # ---- per replica -------------------------------------------------------------------
@@ -269,7 +277,7 @@ class Trainer:
             micro = [self._distribute(next(self.iterator))
                      for _ in range(self.config.train.grad_accum_steps)]
             learning_rate = self.optimizer.learning_rate
-            per_replica = self.strategy.run(self._replica_step, args=(micro,))
+            per_replica = self.strategy.run(self._step_fn, args=(micro,))
             values = self.strategy.experimental_local_results(per_replica)[0]
             stats = stats.write(i, tf.concat([values, [learning_rate]], axis=0))
             self.step.assign_add(1)

@@ -68,6 +68,21 @@ def test_train_step_compiles_with_xla_and_matches_eager(data_dir, tmp_path):
         np.testing.assert_allclose(xla.loss_sum, eager.loss_sum, rtol=1e-4)
 
 
+def test_xla_compiles_the_whole_step_on_one_replica(data_dir):
+    """What TPUStrategy compiles: gradients, clipping and the optimizer update together."""
+    config = trainer.resolve_config(tiny_config(jit_compile=True),
+                                    dataset.load_metadata(data_dir),
+                                    strategy=tf.distribute.get_strategy())
+    run = trainer.Trainer(config, data_dir=data_dir, strategy=tf.distribute.get_strategy(),
+                          worker_index=0, num_workers=1)
+    batch = next(iter(run.dataset))
+    whole = run._step_fn.experimental_get_compiler_ir([batch])(stage="hlo")
+    gradients_only = tf.function(run._gradients, jit_compile=True
+                                 ).experimental_get_compiler_ir(batch)(stage="hlo")
+    # Adam divides by sqrt(v) (layer norm only has rsqrt): the update is in the program.
+    assert " sqrt(" in whole and " sqrt(" not in gradients_only
+
+
 @pytest.mark.parametrize("policy", ["mixed_bfloat16", "mixed_float16"])
 def test_mixed_precision_trains(data_dir, tmp_path, policy):
     config = tiny_config(num_steps=30, mixed_precision=policy)
