@@ -15,6 +15,12 @@ flags.DEFINE_integer("average_last", 1, "Score (and export) the mean weights of 
                      "and the N-1 before it.")
 flags.DEFINE_bool("export_best", None, "Export the best checkpoint (lowest WER for G2P, else "
                   "highest BLEU) to WORKDIR/export/best; default: only when scoring the dev split.")
+flags.DEFINE_string("strategy", "default", "Decode data-parallel over this strategy's "
+                    "replicas: default | one_device | mirrored | tpu.")
+flags.DEFINE_string("tpu", "", "TPU name, or 'local' on a TPU VM (with --strategy=tpu).")
+flags.DEFINE_integer("cpu_devices", 0, "Split the CPU into N logical devices (the CPU proxy "
+                     "for --strategy=mirrored); 0 leaves it alone.")
+flags.DEFINE_bool("jit_compile", False, "XLA-compile the beam search.")
 flags.DEFINE_float("timeout", 600.0, "--watch: stop after this many seconds without a new "
                    "checkpoint.")
 flags.mark_flags_as_required(["workdir", "data_dir"])
@@ -25,12 +31,20 @@ def main(argv):
     if len(argv) > 1:
         raise app.UsageError(f"unexpected arguments: {' '.join(argv[1:])}")
     from launch import evaluator
+    from launch import strategy as strategy_lib
     try:
+        if FLAGS.strategy == "multi_worker_mirrored":
+            raise ValueError("--strategy=multi_worker_mirrored: the evaluator is one process; "
+                             "use mirrored (all local devices) or tpu")
+        strategy_lib.validate(FLAGS.strategy, tpu=FLAGS.tpu)
+        if FLAGS.cpu_devices:
+            strategy_lib.set_cpu_devices(FLAGS.cpu_devices)
+        strategy = strategy_lib.create(FLAGS.strategy, tpu=FLAGS.tpu)
         rows = evaluator.evaluate(
             workdir=FLAGS.workdir, data_dir=FLAGS.data_dir, split=FLAGS.split,
             watch=FLAGS.watch, checkpoint=FLAGS.checkpoint, beam_size=FLAGS.beam_size,
             alpha=FLAGS.alpha, average_last=FLAGS.average_last, timeout=FLAGS.timeout,
-            export_best=FLAGS.export_best)
+            export_best=FLAGS.export_best, strategy=strategy, jit_compile=FLAGS.jit_compile)
     except (ValueError, evaluator.EvaluationError) as error:
         print(f"s2s-evaluate: error: {error}", file=sys.stderr)
         sys.exit(2)
@@ -42,7 +56,9 @@ def print_row(row: dict) -> None:
     """A human summary of one scored checkpoint."""
     mean = f" (mean of {row['averaged']} checkpoints)" if row.get("averaged", 1) > 1 else ""
     print(f"\n{row['split']} set, step {row['step']}{mean}, beam {row['beam_size']}, "
-          f"{row['num_sentences']} sentences:")
+          f"{row['num_sentences']} sentences decoded in {row['decode_seconds']:.1f} s "
+          f"({row['num_sentences'] / max(row['decode_seconds'], 1e-9):.1f}/s, "
+          f"{row.get('replicas', 1)} replica(s)):")
     names = {"bleu": "BLEU", "chrf": "chrF", "wer": "word error rate (%)",
              "per": "phoneme error rate (%)", "xent": "teacher-forced xent",
              "token_accuracy": "token accuracy (%)"}

@@ -15,7 +15,7 @@ import tensorflow as tf
 from absl import logging
 
 import models
-from launch import checkpoints, export
+from launch import checkpoints, export, replicated_search
 from models import decoding, losses
 from pipeline import dataset, features, tokenizer
 
@@ -61,13 +61,27 @@ def load_run(*, workdir: str, data_dir: str) -> Run:
         source_tokenizer, target_tokenizer = tokenizer.load_tokenizers(data_dir, metadata)
     except tokenizer.TokenizerError as error:
         raise EvaluationError(str(error)) from error
+    return Run(config=config, metadata=metadata, model=build_model(config),
+               source_tokenizer=source_tokenizer, target_tokenizer=target_tokenizer)
+
+
+def build_model(config):
+    """The trained architecture with its variables created (in the current scope)."""
     model = models.build_model(config.model, vocab_size=config.data.vocab_size,
                                pad_id=config.data.pad_id, eos_id=config.data.eos_id,
                                bos_id=config.data.bos_id)
     dummy = tf.fill([1, 2], config.data.eos_id)
     model({features.INPUTS: dummy, features.TARGETS: dummy})
-    return Run(config=config, metadata=metadata, model=model,
-               source_tokenizer=source_tokenizer, target_tokenizer=target_tokenizer)
+    return model
+
+
+def make_search(run: Run, *, beam_size: int, alpha: float, strategy=None,
+                jit_compile: bool = False) -> replicated_search.ReplicatedSearch:
+    """The split's beam search, data-parallel over `strategy`'s replicas."""
+    return replicated_search.ReplicatedSearch(
+        run.model, build_copy=lambda: build_model(run.config), strategy=strategy,
+        beam_size=beam_size, alpha=alpha, max_decode_length=max_decode_length(run),
+        jit_compile=jit_compile)
 
 
 def restore(run: Run, paths: list[str]) -> None:
@@ -95,22 +109,16 @@ def max_decode_length(run: Run) -> int:
                                       cap=max(run.config.data.bucket_boundaries) * 4)
 
 
-def decode_split(run: Run, *, split: str, beam_size: int, alpha: float,
-                 data_dir: str) -> tuple[list[str], list[list[str]], list[str]]:
+def decode_split(run: Run, *, split: str, data_dir: str,
+                 search: replicated_search.ReplicatedSearch
+                 ) -> tuple[list[str], list[list[str]], list[str]]:
     """(sources, references, hypotheses) as text, one entry per distinct source.
 
     A source that appears more than once (a word with several pronunciations, a message
     with several translations) is decoded once and scored against all its references.
     """
-    batch_size = run.config.decode.batch_size
-    budget = max_decode_length(run)
-
-    @tf.function
-    def search(inputs):
-        tokens, _ = decoding.beam_search(run.model, inputs, beam_size=beam_size, alpha=alpha,
-                                         max_decode_length=budget)
-        return tokens
-
+    batch_size = search.batch_multiple(run.config.decode.batch_size)
+    search.sync()
     sources, references, hypotheses = [], [], []
     position = {}  # source text -> its index in the three lists
     batches = dataset.make_eval_dataset(data_dir=data_dir, split=split, batch_size=batch_size,
@@ -136,7 +144,7 @@ def decode_split(run: Run, *, split: str, beam_size: int, alpha: float,
         if real < batch_size:  # pad the batch: one compiled shape per bucket
             inputs = np.pad(inputs, [[0, batch_size - real], [0, 0]])
             inputs[real:, 0] = run.config.data.eos_id
-        tokens = search(tf.constant(inputs)).numpy()[:real]
+        tokens = search(inputs)[:real]
         hypotheses.extend(run.target_tokenizer.detokenize(row) for row in tokens)
         done += real
         now = time.perf_counter()
@@ -231,7 +239,7 @@ def checkpoint_step(path: str) -> int:
 
 
 def evaluate_checkpoint(run: Run, path: str, *, workdir: str, data_dir: str, split: str,
-                        beam_size: int, alpha: float, average_last: int = 1,
+                        search: replicated_search.ReplicatedSearch, average_last: int = 1,
                         export_best: bool = True) -> dict:
     """Scores one checkpoint, records it, and exports it if it is the best so far.
 
@@ -246,10 +254,11 @@ def evaluate_checkpoint(run: Run, path: str, *, workdir: str, data_dir: str, spl
     averaged = recent_checkpoints(workdir, upto=path, count=average_last)
     restore(run, averaged)
     began = time.perf_counter()
-    sources, references, hypotheses = decode_split(run, split=split, beam_size=beam_size,
-                                                   alpha=alpha, data_dir=data_dir)
+    sources, references, hypotheses = decode_split(run, split=split, data_dir=data_dir,
+                                                   search=search)
+    beam_size, alpha = search.beam_size, search.alpha
     row = {"step": step, "split": split, "checkpoint": path, "beam_size": beam_size,
-           "alpha": alpha, "averaged": len(averaged),
+           "alpha": alpha, "averaged": len(averaged), "replicas": search.replicas,
            **score(hypotheses, references, g2p=is_g2p(run.metadata)),
            "decode_seconds": round(time.perf_counter() - began, 2),
            **teacher_forced_scores(run, split=split, data_dir=data_dir)}
@@ -299,18 +308,21 @@ def recent_checkpoints(workdir: str, *, upto: str, count: int) -> list[str]:
 def evaluate(*, workdir: str, data_dir: str, split: str = "dev", watch: bool = False,
              checkpoint: str = "", beam_size: int | None = None, alpha: float | None = None,
              average_last: int = 1, timeout: float = 600.0,
-             export_best: bool | None = None) -> list[dict]:
+             export_best: bool | None = None, strategy=None,
+             jit_compile: bool = False) -> list[dict]:
     """Scores the latest (or a named) checkpoint, or every new one with watch=True.
 
     The best checkpoint is exported when scoring the dev split (model selection never
-    looks at test) unless export_best says otherwise.
+    looks at test) unless export_best says otherwise. Decoding is split over `strategy`'s
+    replicas and XLA-compiled with jit_compile.
     """
     run = load_run(workdir=workdir, data_dir=data_dir)
-    beam_size = beam_size or run.config.decode.beam_size
-    alpha = run.config.decode.alpha if alpha is None else alpha
+    search = make_search(run, beam_size=beam_size or run.config.decode.beam_size,
+                         alpha=run.config.decode.alpha if alpha is None else alpha,
+                         strategy=strategy, jit_compile=jit_compile)
     ckpt_dir = checkpoints.directory(workdir)
-    kwargs = dict(workdir=workdir, data_dir=data_dir, split=split, beam_size=beam_size,
-                  alpha=alpha, average_last=average_last,
+    kwargs = dict(workdir=workdir, data_dir=data_dir, split=split, search=search,
+                  average_last=average_last,
                   export_best=split == "dev" if export_best is None else export_best)
     if not watch:
         path = checkpoint or tf.train.latest_checkpoint(ckpt_dir)

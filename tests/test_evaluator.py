@@ -194,11 +194,11 @@ def test_average_last_scores_the_averaged_weights(trained, tmp_path):
                                average_last=2, export_best=False)
     assert row["step"] == 400 and row["averaged"] == 2
     run = evaluator.load_run(workdir=workdir, data_dir=data_dir)
+    search = evaluator.make_search(run, beam_size=row["beam_size"], alpha=row["alpha"])
 
     def decode(paths):
         evaluator.restore(run, paths)
-        return evaluator.decode_split(run, split="dev", beam_size=row["beam_size"],
-                                      alpha=row["alpha"], data_dir=data_dir)[2]
+        return evaluator.decode_split(run, split="dev", data_dir=data_dir, search=search)[2]
 
     hyps = open(os.path.join(workdir, "eval", "dev", "hyp-400.txt")).read().splitlines()
     assert hyps == decode(evaluator.recent_checkpoints(workdir, upto=row["checkpoint"],
@@ -255,6 +255,25 @@ def test_export_round_trip_in_a_fresh_process_matches_the_evaluator(trained, tmp
     hyps = open(os.path.join(workdir, "eval", "dev", "hyp-400.txt")).read().splitlines()
     assert translations == hyps
     assert sacrebleu.corpus_bleu(translations, [references]).score == pytest.approx(row["bleu"])
+
+
+@pytest.mark.parametrize("flags", [["--strategy=mirrored", "--cpu_devices=2"],
+                                   ["--jit_compile"]], ids=["mirrored", "jit"])
+def test_data_parallel_and_compiled_decoding_give_the_one_device_hypotheses(trained, tmp_path,
+                                                                           flags):
+    data_dir, workdir = copy_workdir(trained, tmp_path)
+    hyps, rows = {}, {}
+    for name, extra in (("one", []), ("other", flags)):
+        result = run_cli(["-m", "launch.evaluate", f"--workdir={workdir}",
+                          f"--data_dir={data_dir}", "--split=dev", "--noexport_best", *extra])
+        assert result.returncode == 0, result.stderr[-3000:]
+        rows[name] = evaluator.read_metrics(os.path.join(workdir, "eval", "dev",
+                                                         evaluator.METRICS_FILE))[-1]
+        hyps[name] = open(os.path.join(workdir, "eval", "dev", "hyp-400.txt")).read()
+    assert (rows["one"]["replicas"], rows["other"]["replicas"]) == (
+        1, 2 if "--strategy=mirrored" in flags else 1)
+    assert hyps["other"] == hyps["one"] and len(hyps["one"].splitlines()) == 32
+    assert rows["other"]["bleu"] == rows["one"]["bleu"]
 
 
 def test_translate_cli_reads_stdin(trained, tmp_path):
