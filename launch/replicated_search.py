@@ -20,6 +20,10 @@ class ReplicatedSearch:
         self.source, self.beam_size, self.alpha = model, beam_size, alpha
         self.strategy = strategy or tf.distribute.get_strategy()
         self.replicas = self.strategy.num_replicas_in_sync
+        if jit_compile and self.replicas > 1 and not tf.config.list_logical_devices("GPU"):
+            raise ValueError("--jit_compile with several CPU replicas: XLA compiles for one "
+                             "CPU device and cannot reach the other logical devices' weights; "
+                             "use one of the two")
         if self.replicas > 1 or isinstance(self.strategy, tf.distribute.TPUStrategy):
             with self.strategy.scope():
                 self.model = build_copy()

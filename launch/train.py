@@ -5,6 +5,9 @@ stopped for a preemption (this worker's or a peer's, checkpoint saved) or lost a
 restart the whole group to resume; 2 for an error that a restart will not fix.
 """
 
+import contextlib
+import os
+import subprocess
 import sys
 
 from absl import app, flags
@@ -41,9 +44,13 @@ def main(argv):
         dataset.load_metadata(flag_values.data_dir)
         if flag_values.cpu_devices:
             strategy_lib.set_cpu_devices(flag_values.cpu_devices)
-        strategy = strategy_lib.create(flag_values.strategy, tpu=flag_values.tpu,
-                                       peer_timeout=flag_values.peer_timeout,
-                                       start_timeout=flag_values.start_timeout)
+        with _deadline(flag_values.start_timeout,
+                       message=f"not every worker started within --start_timeout="
+                               f"{flag_values.start_timeout:g} s",
+                       enabled=flag_values.strategy == "multi_worker_mirrored"):
+            strategy = strategy_lib.create(flag_values.strategy, tpu=flag_values.tpu,
+                                           peer_timeout=flag_values.peer_timeout,
+                                           start_timeout=flag_values.start_timeout)
         trainer.train(flag_values.config, workdir=flag_values.workdir,
                       data_dir=flag_values.data_dir, strategy=strategy)
     except trainer.Preempted as stop:
@@ -56,6 +63,36 @@ def main(argv):
     except (ValueError, trainer.TrainingError) as error:
         print(f"s2s-train: error: {error}", file=sys.stderr)
         sys.exit(exit_codes.ERROR)
+
+
+# Runs beside s2s-train: SIGKILLs it (exit 137, a restart code) unless stopped in time.
+_WATCHDOG = """import os, signal, sys, time
+parent, deadline = int(sys.argv[1]), time.monotonic() + float(sys.argv[2])
+while time.monotonic() < deadline:
+    if os.getppid() != parent:
+        sys.exit(0)
+    time.sleep(0.5)
+sys.stderr.write(sys.argv[3] + "\\n")
+os.kill(parent, signal.SIGKILL)
+"""
+
+
+@contextlib.contextmanager
+def _deadline(seconds: float, *, message: str, enabled: bool):
+    """Bounds the block to `seconds`. TensorFlow's start-up wait for peers has no bound of
+    its own and holds the interpreter (no thread or signal handler runs), so another
+    process enforces it."""
+    if not enabled:
+        yield
+        return
+    watchdog = subprocess.Popen([sys.executable, "-c", _WATCHDOG, str(os.getpid()),
+                                 str(seconds), f"s2s-train: error: {message}; stopping "
+                                 "(exit 137) so that the job restarts"])
+    try:
+        yield
+    finally:
+        watchdog.kill()
+        watchdog.wait()
 
 
 def parse_flags(argv):

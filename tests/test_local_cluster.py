@@ -147,6 +147,31 @@ def test_a_lost_peer_is_an_error_within_the_peer_timeout(data_dir, tmp_path, fau
     assert "job interrupted and not restarted" in out
 
 
+@pytest.mark.parametrize("index", [0, 1], ids=["leader", "worker"])
+def test_a_peer_that_never_starts_ends_the_wait_after_start_timeout(data_dir, tmp_path,
+                                                                   index):
+    """A lone worker of a two-worker job: TF would wait for its peer forever."""
+    ports = [free_port(), free_port()]
+    config = {"cluster": {"worker": [f"localhost:{p}" for p in ports]},
+              "task": {"type": "worker", "index": index}}
+    began = time.monotonic()
+    result = subprocess.run(train(data_dir, tmp_path, "--start_timeout=5"), capture_output=True,
+                            text=True, env={**env(), "TF_CONFIG": json.dumps(config)},
+                            cwd=REPO, timeout=120)
+    assert exit_codes.normalize(result.returncode) == exit_codes.KILLED, result.stderr[-3000:]
+    assert exit_codes.is_restartable(result.returncode)
+    assert "not every worker started within --start_timeout=5 s" in result.stderr
+    assert time.monotonic() - began < 60
+    assert not (tmp_path / "checkpoints").exists()
+
+
+def free_port() -> int:
+    import socket
+    with socket.socket() as sock:
+        sock.bind(("localhost", 0))
+        return sock.getsockname()[1]
+
+
 def test_workers_resuming_different_steps_stop_before_any_training_step(data_dir, tmp_path):
     first = run(harness("--workers=2",
                         command=train(data_dir, tmp_path, "--config.train.num_steps=200")))
