@@ -7,9 +7,12 @@
 
 --dry-run prints the REST body of customJobs.create; --format=gcloud prints instead the
 CustomJobSpec YAML that `gcloud ai custom-jobs create --config=FILE` takes. Vertex sets
-TF_CONFIG (pool 0 = "chief", pool 1 = "worker") for MultiWorkerMirroredStrategy. With
-restartJobOnWorkerRestart a preempted or restarted worker restarts the whole job, and
-the trainer resumes from its last checkpoint.
+TF_CONFIG (pool 0 = "chief", pool 1 = "worker") for MultiWorkerMirroredStrategy. Vertex
+restarts a worker that exits non-zero; with restartJobOnWorkerRestart that restarts the
+whole job, which resumes from its last checkpoint. So an interrupted run (exit 143: a
+preempted worker, or a lost peer) restarts as a group, and only a finished run exits 0,
+so the job cannot be marked succeeded halfway. Vertex does not tell the codes apart: an
+error exit (2) is retried too, a few times, before the job fails.
 """
 
 import json
