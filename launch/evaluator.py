@@ -80,8 +80,8 @@ def make_search(run: Run, *, beam_size: int, alpha: float, strategy=None,
     """The split's beam search, data-parallel over `strategy`'s replicas."""
     return replicated_search.ReplicatedSearch(
         run.model, build_copy=lambda: build_model(run.config), strategy=strategy,
-        beam_size=beam_size, alpha=alpha, max_decode_length=max_decode_length(run),
-        jit_compile=jit_compile)
+        beam_size=beam_size, alpha=alpha, **length_limits(run),
+        max_decode_length=max_decode_length(run), jit_compile=jit_compile)
 
 
 def restore(run: Run, paths: list[str]) -> None:
@@ -101,7 +101,9 @@ def restore(run: Run, paths: list[str]) -> None:
 
 
 def max_decode_length(run: Run) -> int:
-    """One decode budget for the evaluator and the export, so their outputs agree."""
+    """The largest output length, for the longest source the model was trained on. Each
+    sentence stops at the limit of its own length (decoding.sentence_limits) in the
+    evaluator and the export alike, so their outputs agree."""
     decode = run.config.decode
     return decoding.max_decode_length(max(run.config.data.bucket_boundaries),
                                       ratio=decode.max_length_ratio,
@@ -109,26 +111,65 @@ def max_decode_length(run: Run) -> int:
                                       cap=max(run.config.data.bucket_boundaries) * 4)
 
 
+def length_limits(run: Run) -> dict:
+    """Per-sentence output limit: ratio * real source length + offset (config.decode)."""
+    return {"length_ratio": run.config.decode.max_length_ratio,
+            "length_offset": run.config.decode.max_length_offset}
+
+
+def export_options(run: Run) -> dict:
+    """The export's decoding settings, the evaluator's own."""
+    return {"max_input_length": max(run.config.data.bucket_boundaries),
+            "max_decode_length": max_decode_length(run),
+            "bucket_boundaries": tuple(run.config.data.bucket_boundaries),
+            **length_limits(run)}
+
+
 def decode_split(run: Run, *, split: str, data_dir: str,
                  search: replicated_search.ReplicatedSearch
                  ) -> tuple[list[str], list[list[str]], list[str]]:
-    """(sources, references, hypotheses) as text, one entry per distinct source.
+    """(sources, references, hypotheses) as text, one entry per distinct source, in the
+    order of each source's first appearance in the split.
 
     A source that appears more than once (a word with several pronunciations, a message
     with several translations) is decoded once and scored against all its references.
+    Sources are decoded shortest first, so each batch holds similar lengths: its buffers
+    fit its bucket and it stops as soon as its own sentences are done.
     """
+    sources, references, source_ids = read_split(run, split=split, data_dir=data_dir)
     batch_size = search.batch_multiple(run.config.decode.batch_size)
     search.sync()
-    sources, references, hypotheses = [], [], []
+    order = sorted(range(len(sources)), key=lambda i: (len(source_ids[i]), i))
+    hypotheses = [""] * len(sources)
+    began, done, last_log = time.perf_counter(), 0, time.perf_counter()
+    for first in range(0, len(order), batch_size):
+        rows = order[first:first + batch_size]
+        tokens = search(padded_batch([source_ids[i] for i in rows], size=batch_size,
+                                     boundaries=run.config.data.bucket_boundaries,
+                                     pad_id=run.config.data.pad_id,
+                                     eos_id=run.config.data.eos_id))
+        for row, index in enumerate(rows):
+            hypotheses[index] = run.target_tokenizer.detokenize(tokens[row])
+        done += len(rows)
+        now = time.perf_counter()
+        if now - last_log >= LOG_EVERY_SECONDS:
+            logging.info("decoded %d of %d sentences (%.1f/s)", done, len(order),
+                         done / (now - began))
+            last_log = now
+    logging.info("decoded %d sentences in %.0f s", done, time.perf_counter() - began)
+    return sources, references, hypotheses
+
+
+def read_split(run: Run, *, split: str, data_dir: str
+               ) -> tuple[list[str], list[list[str]], list[np.ndarray]]:
+    """(distinct sources, their references, their unpadded source ids), file order."""
+    sources, references, source_ids = [], [], []
     position = {}  # source text -> its index in the three lists
-    batches = dataset.make_eval_dataset(data_dir=data_dir, split=split, batch_size=batch_size,
-                                        boundaries=run.config.data.bucket_boundaries)
-    began, done = time.perf_counter(), 0
-    last_log = began
+    batches = dataset.make_eval_dataset(data_dir=data_dir, split=split, batch_size=256)
     for batch in batches:
         texts = [t.decode() for t in batch[features.INPUTS_TEXT].numpy()]
         targets = [t.decode() for t in batch[features.TARGETS_TEXT].numpy()]
-        new_rows = []
+        ids = batch[features.INPUTS].numpy()
         for row, (text, target) in enumerate(zip(texts, targets)):
             if text in position:
                 references[position[text]].append(target)
@@ -136,23 +177,22 @@ def decode_split(run: Run, *, split: str, data_dir: str,
             position[text] = len(sources)
             sources.append(text)
             references.append([target])
-            new_rows.append(row)
-        if not new_rows:
-            continue
-        inputs = batch[features.INPUTS].numpy()[new_rows]
-        real = inputs.shape[0]
-        if real < batch_size:  # pad the batch: one compiled shape per bucket
-            inputs = np.pad(inputs, [[0, batch_size - real], [0, 0]])
-            inputs[real:, 0] = run.config.data.eos_id
-        tokens = search(inputs)[:real]
-        hypotheses.extend(run.target_tokenizer.detokenize(row) for row in tokens)
-        done += real
-        now = time.perf_counter()
-        if now - last_log >= LOG_EVERY_SECONDS:
-            logging.info("decoded %d sentences (%.1f/s)", done, done / (now - began))
-            last_log = now
-    logging.info("decoded %d sentences in %.0f s", done, time.perf_counter() - began)
-    return sources, references, hypotheses
+            source_ids.append(ids[row][ids[row] != run.config.data.pad_id])
+    return sources, references, source_ids
+
+
+def padded_batch(rows: list[np.ndarray], *, size: int, boundaries, pad_id: int,
+                 eos_id: int) -> np.ndarray:
+    """[size, L] int32: the rows padded to the smallest bucket boundary that holds the
+    longest (or to its own length beyond the largest boundary), plus EOS-only filler rows
+    up to `size` (one compiled shape per bucket)."""
+    longest = max(len(r) for r in rows)
+    length = min([int(b) for b in boundaries if int(b) >= longest], default=longest)
+    batch = np.full([size, length], pad_id, np.int32)
+    batch[len(rows):, 0] = eos_id
+    for index, row in enumerate(rows):
+        batch[index, :len(row)] = row
+    return batch
 
 
 def teacher_forced_scores(run: Run, *, split: str, data_dir: str) -> dict:
@@ -281,8 +321,7 @@ def evaluate_checkpoint(run: Run, path: str, *, workdir: str, data_dir: str, spl
             run.model, source_model=run.source_tokenizer.model,
             target_model=run.target_tokenizer.model,
             export_dir=os.path.join(workdir, "export", "best"), beam_size=beam_size,
-            alpha=alpha, max_input_length=max(run.config.data.bucket_boundaries),
-            max_decode_length=max_decode_length(run),
+            alpha=alpha, **export_options(run),
             info={"step": step, "split": split, "averaged": len(averaged), **extra})
         row["exported"] = os.path.join(workdir, "export", "best")
     row["examples"] = [(source, " | ".join(refs), hypothesis) for source, refs, hypothesis
@@ -367,5 +406,5 @@ def export_checkpoint(*, workdir: str, data_dir: str, export_dir: str, checkpoin
         target_model=run.target_tokenizer.model, export_dir=export_dir,
         beam_size=beam_size or run.config.decode.beam_size,
         alpha=run.config.decode.alpha if alpha is None else alpha,
-        max_input_length=max(run.config.data.bucket_boundaries),
-        max_decode_length=max_decode_length(run), info={"step": checkpoint_step(path)})
+        **export_options(run),
+        info={"step": checkpoint_step(path)})

@@ -23,7 +23,8 @@ class Translator(tf.Module):
     """Wraps a trained model and its tokenizer behind one string-to-string function."""
 
     def __init__(self, model, *, source_model: bytes, target_model: bytes, beam_size: int,
-                 alpha: float, max_input_length: int, max_decode_length: int):
+                 alpha: float, max_input_length: int, max_decode_length: int,
+                 length_ratio: float, length_offset: int, bucket_boundaries=()):
         super().__init__()
         self.model = model
         self.source_tokenizer = tf_text.SentencepieceTokenizer(model=source_model)
@@ -32,6 +33,10 @@ class Translator(tf.Module):
         self.beam_size, self.alpha = int(beam_size), float(alpha)
         self.max_input_length = int(max_input_length)
         self.max_decode_length = int(max_decode_length)
+        self.length_ratio, self.length_offset = float(length_ratio), int(length_offset)
+        # Source lengths the batch is padded to; each has its own static buffer size.
+        self.buckets = sorted({int(b) for b in bucket_boundaries
+                               if int(b) < self.max_input_length} | {self.max_input_length})
 
     @tf.function(input_signature=[tf.TensorSpec([None], tf.string, name="inputs")])
     def translate(self, texts):
@@ -40,22 +45,49 @@ class Translator(tf.Module):
         pieces = self.source_tokenizer.tokenize(texts)[:, : self.max_input_length - 1]
         eos = tf.fill([pieces.nrows(), 1], tf.cast(config.eos_id, pieces.dtype))
         ids = tf.concat([pieces, eos], axis=1).to_tensor(default_value=config.pad_id)
-        tokens, scores = decoding.beam_search(
-            self.model, tf.cast(ids, tf.int32), beam_size=self.beam_size, alpha=self.alpha,
-            max_decode_length=self.max_decode_length)
+        tokens, scores = self._search(tf.cast(ids, tf.int32))
         keep = tf.logical_and(tokens != config.pad_id, tokens != config.eos_id)
         ragged = tf.ragged.boolean_mask(tokens, keep)
         return {"translations": self.target_tokenizer.detokenize(ragged), "scores": scores}
 
 
+    def _search(self, ids):
+        """Beam search with buffers sized for the smallest bucket that holds the batch's
+        longest source: [batch, max_decode_length] tokens, [batch] scores. Each sentence
+        stops at the limit of its own length, as in the evaluator."""
+        config = self.model.config
+        budget = dict(ratio=self.length_ratio, offset=self.length_offset,
+                      cap=self.max_decode_length)
+        limits = decoding.sentence_limits(ids, pad_id=config.pad_id, **budget)
+
+        def branch(bucket):
+            def search():
+                padded = tf.pad(ids, [[0, 0], [0, bucket - tf.shape(ids)[1]]],
+                                constant_values=config.pad_id)
+                padded.set_shape([None, bucket])
+                tokens, scores = decoding.beam_search(
+                    self.model, padded, beam_size=self.beam_size, alpha=self.alpha,
+                    max_decode_length=decoding.max_decode_length(bucket, **budget),
+                    max_lengths=limits)
+                width = self.max_decode_length - tf.shape(tokens)[1]
+                return tf.pad(tokens, [[0, 0], [0, width]],
+                              constant_values=config.pad_id), scores
+            return search
+
+        index = tf.reduce_sum(tf.cast(tf.constant(self.buckets) < tf.shape(ids)[1], tf.int32))
+        return tf.switch_case(index, [branch(b) for b in self.buckets])
+
+
 def export_saved_model(model, *, source_model: bytes, target_model: bytes, export_dir: str,
                        beam_size: int, alpha: float, max_input_length: int,
-                       max_decode_length: int, info: dict | None = None) -> str:
+                       max_decode_length: int, length_ratio: float, length_offset: int,
+                       bucket_boundaries=(), info: dict | None = None) -> str:
     """Writes the SavedModel to a temp dir, then swaps it in: readers never see half."""
     translator = Translator(model, source_model=source_model, target_model=target_model,
                             beam_size=beam_size, alpha=alpha,
                             max_input_length=max_input_length,
-                            max_decode_length=max_decode_length)
+                            max_decode_length=max_decode_length, length_ratio=length_ratio,
+                            length_offset=length_offset, bucket_boundaries=bucket_boundaries)
     tmp = f"{export_dir.rstrip('/')}.tmp-{os.getpid()}"
     if tf.io.gfile.exists(tmp):
         tf.io.gfile.rmtree(tmp)
@@ -63,7 +95,8 @@ def export_saved_model(model, *, source_model: bytes, target_model: bytes, expor
                         signatures={"serving_default": translator.translate})
     manifest = {"format": "s2s-pipeline translator", "beam_size": beam_size, "alpha": alpha,
                 "max_input_length": max_input_length,
-                "max_decode_length": max_decode_length, **(info or {})}
+                "max_decode_length": max_decode_length, "length_ratio": length_ratio,
+                "length_offset": length_offset, **(info or {})}
     with tf.io.gfile.GFile(os.path.join(tmp, MANIFEST), "w") as f:
         f.write(json.dumps(manifest, indent=2, sort_keys=True) + "\n")
     old = f"{export_dir.rstrip('/')}.old-{os.getpid()}"

@@ -16,7 +16,8 @@ class ReplicatedSearch:
     """
 
     def __init__(self, model, *, build_copy, strategy: tf.distribute.Strategy | None,
-                 beam_size: int, alpha: float, max_decode_length: int, jit_compile: bool):
+                 beam_size: int, alpha: float, length_ratio: float, length_offset: int,
+                 max_decode_length: int, jit_compile: bool):
         self.source, self.beam_size, self.alpha = model, beam_size, alpha
         self.strategy = strategy or tf.distribute.get_strategy()
         self.replicas = self.strategy.num_replicas_in_sync
@@ -31,8 +32,14 @@ class ReplicatedSearch:
             self.model = model
 
         def search(inputs):
-            tokens, _ = decoding.beam_search(self.model, inputs, beam_size=beam_size,
-                                             alpha=alpha, max_decode_length=max_decode_length)
+            # Buffers sized for this bucket's padded length; each sentence stops at the
+            # limit of its own length, as in the export, whatever its batch.
+            budget = dict(ratio=length_ratio, offset=length_offset, cap=max_decode_length)
+            limits = decoding.sentence_limits(inputs, pad_id=self.model.config.pad_id,
+                                              **budget)
+            tokens, _ = decoding.beam_search(
+                self.model, inputs, beam_size=beam_size, alpha=alpha, max_lengths=limits,
+                max_decode_length=decoding.max_decode_length(inputs.shape[1], **budget))
             return tokens
 
         self._search = tf.function(search, jit_compile=jit_compile)
@@ -48,7 +55,7 @@ class ReplicatedSearch:
         return -(-batch_size // self.replicas) * self.replicas
 
     def __call__(self, inputs: np.ndarray) -> np.ndarray:
-        """[batch, max_decode_length] int32 ids; batch must be a multiple of replicas."""
+        """[batch, length] int32 ids; batch must be a multiple of replicas."""
         if self.model is self.source:
             return self._search(tf.constant(inputs)).numpy()
         pieces = np.split(inputs, self.replicas)

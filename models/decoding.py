@@ -110,13 +110,31 @@ def _write_column(sequences, index, values):
     return tf.where(at_index, values[..., None], sequences)
 
 
-def greedy_decode(model, inputs, *, max_decode_length):
+def sentence_limits(inputs, *, pad_id, ratio, offset, cap):
+    """Per-sentence output limits from each REAL source length: [batch] int32,
+    min(cap, ceil(ratio * length + offset)). They make a sentence's output independent
+    of the batch it is decoded in (its length, padding and buffer size)."""
+    lengths = tf.reduce_sum(tf.cast(tf.not_equal(inputs, pad_id), tf.float32), axis=1)
+    limits = tf.cast(tf.math.ceil(ratio * lengths + offset), tf.int32)
+    return tf.clip_by_value(limits, 1, int(cap))
+
+
+def _limits(max_lengths, batch, length):
+    """[batch] int32 per-sentence limits, never above the buffer length."""
+    if max_lengths is None:
+        return tf.fill([batch], length)
+    return tf.minimum(tf.cast(max_lengths, tf.int32), length)
+
+
+def greedy_decode(model, inputs, *, max_decode_length, max_lengths=None):
     """Decodes by taking the most likely token at every step.
 
     Args:
         model: a model with the shared interface.
         inputs: [batch, S] int32 source ids.
-        max_decode_length: Python int, number of tokens generated at most.
+        max_decode_length: Python int, number of tokens generated at most (buffer size).
+        max_lengths: optional [batch] int, a smaller limit per sentence
+            (`sentence_limits`); a sentence stops there as at the buffer's end.
 
     Returns:
         tokens: [batch, max_decode_length] int32, each sequence ending with its EOS (if
@@ -131,6 +149,7 @@ def greedy_decode(model, inputs, *, max_decode_length):
     sequences = tf.fill([batch, max_decode_length], config.pad_id)
     finished = tf.zeros([batch], tf.bool)
     scores = tf.zeros([batch], tf.float32)
+    limits = _limits(max_lengths, batch, max_decode_length)
 
     def cond(i, tokens, cache, sequences, finished, scores):
         return tf.logical_and(i < max_decode_length,
@@ -144,7 +163,7 @@ def greedy_decode(model, inputs, *, max_decode_length):
         best = tf.where(finished, config.pad_id, best)
         scores += tf.where(finished, 0.0, best_log_prob)
         sequences = _write_column(sequences, i, best)
-        finished = tf.logical_or(finished, tf.equal(best, config.eos_id))
+        finished = finished | tf.equal(best, config.eos_id) | (i + 1 >= limits)
         return i + 1, best, cache, sequences, finished, scores
 
     _, _, _, sequences, _, scores = tf.while_loop(
@@ -153,7 +172,7 @@ def greedy_decode(model, inputs, *, max_decode_length):
     return sequences, scores
 
 
-def beam_search(model, inputs, *, beam_size, alpha, max_decode_length):
+def beam_search(model, inputs, *, beam_size, alpha, max_decode_length, max_lengths=None):
     """Batched beam search with GNMT length normalization.
 
     Each step ranks the 2 * beam_size best extensions of the alive hypotheses. Those
@@ -170,16 +189,22 @@ def beam_search(model, inputs, *, beam_size, alpha, max_decode_length):
     A sentence is done once its best finished score beats anything an alive hypothesis
     can still reach, or once it has `beam_size` finished hypotheses and the greedy one
     among them; its finished set is then frozen. The loop ends when all sentences are
-    done or after `max_decode_length` steps. A sentence still searching then also
-    considers its best alive hypothesis, truncated at the budget and scored at that
-    length (as greedy search would return it), and returns whichever scores higher.
+    done or after `max_decode_length` steps. A sentence still searching at its limit also
+    considers its best alive hypothesis, truncated there and scored at that length (as
+    greedy search would return it), and returns whichever scores higher.
+
+    With `max_lengths` every decision about a sentence (its stopping bound included)
+    depends on its own limit only, so its output does not depend on the batch, the
+    padding or the buffer size it is decoded with.
 
     Args:
         model: a model with the shared interface.
         inputs: [batch, S] int32 source ids.
         beam_size: hypotheses kept per sentence (Python int).
         alpha: length-penalty exponent (>= 0); 0 ranks by plain log-probability.
-        max_decode_length: Python int, number of tokens generated at most.
+        max_decode_length: Python int, number of tokens generated at most (buffer size).
+        max_lengths: optional [batch] int, a smaller limit per sentence
+            (`sentence_limits`).
 
     Returns:
         tokens: [batch, max_decode_length] int32, ending with EOS then pad_id.
@@ -194,7 +219,8 @@ def beam_search(model, inputs, *, beam_size, alpha, max_decode_length):
     # Candidates: the top 2 * beam, then the greedy extension. EOS may finish from the
     # first `beam` of them (and from the greedy extension, wherever it ranks).
     may_finish = tf.range(2 * beam + 1) < beam
-    max_penalty = length_penalty(length, alpha)
+    limits = _limits(max_lengths, batch, length)
+    max_penalty = length_penalty(limits, alpha)  # [batch]: the penalty peaks at the limit
 
     state = {
         "tokens": tf.fill([batch * beam], config.bos_id),
@@ -268,30 +294,36 @@ def beam_search(model, inputs, *, beam_size, alpha, max_decode_length):
         finished_score, pick = tf.math.top_k(merged_score, k=beam)
         finished_seq = tf.gather(merged_seq, pick, batch_dims=1)
 
-        # Log-probs only fall as hypotheses grow and the penalty peaks at `length`
+        # A sentence at its limit: its best alive hypothesis, truncated there, competes
+        # as a finished one (as greedy search would return it), and the sentence is done.
+        expired = tf.logical_not(state["done"]) & (i + 1 >= limits)
+        best_alive = tf.argmax(alive_log_prob, axis=1, output_type=tf.int32)
+        truncated = tf.where(expired, tf.gather(alive_log_prob, best_alive, batch_dims=1)
+                             / max_penalty, _NEG_INF)
+        finished_score, pick = tf.math.top_k(
+            tf.concat([finished_score, truncated[:, None]], axis=1), k=beam)
+        finished_seq = tf.gather(
+            tf.concat([finished_seq, tf.gather(alive_seq, best_alive, batch_dims=1)[:, None]],
+                      axis=1), pick, batch_dims=1)
+
+        # Log-probs only fall as hypotheses grow and the penalty peaks at the limit
         # (alpha >= 0), so no alive hypothesis can score above this bound.
         best_reachable = tf.reduce_max(alive_log_prob, axis=1) / max_penalty
         full = (finished_score[:, -1] > _NEG_INF / 2) & tf.logical_not(
             tf.reduce_any(alive_is_greedy, axis=1))
-        done = state["done"] | full | (finished_score[:, 0] >= best_reachable)
+        done = (state["done"] | expired | full
+                | (finished_score[:, 0] >= best_reachable))
         return i + 1, {
             "tokens": tokens, "cache": cache, "alive_seq": alive_seq,
             "alive_log_prob": alive_log_prob, "alive_is_greedy": alive_is_greedy,
             "finished_seq": finished_seq, "finished_score": finished_score, "done": done,
         }
 
+    # Every sentence is done by its limit (<= the buffer length), so the best finished
+    # hypothesis is the answer.
     _, state = tf.while_loop(cond, body, (tf.constant(0), state),
                              maximum_iterations=length)
-    # A sentence still searching when the budget ran out may return its best truncated
-    # (alive) hypothesis, scored at full length, if that beats everything finished.
-    best_alive = tf.argmax(state["alive_log_prob"], axis=1, output_type=tf.int32)
-    alive_score = tf.gather(state["alive_log_prob"], best_alive, batch_dims=1) / max_penalty
-    use_alive = tf.logical_not(state["done"]) & (alive_score > state["finished_score"][:, 0])
-    tokens = tf.where(use_alive[:, None],
-                      tf.gather(state["alive_seq"], best_alive, batch_dims=1),
-                      state["finished_seq"][:, 0])
-    scores = tf.where(use_alive, alive_score, state["finished_score"][:, 0])
-    return tokens, scores
+    return state["finished_seq"][:, 0], state["finished_score"][:, 0]
 
 
 def sequence_log_probs(model, inputs, targets):

@@ -394,10 +394,13 @@ class TokenizePairs(beam.DoFn):
             if shorter == 0:  # text made only of characters the normalizer removes
                 counts[(split, DROPPED, EMPTY)] += 1
                 continue
-            if longer + 1 > max_length:  # + EOS
+            # Length filters shape the training data only: every dev/test reference is
+            # decoded and scored, however long.
+            if split == "train" and longer + 1 > max_length:  # + EOS
                 counts[(split, DROPPED, TOO_LONG)] += 1
                 continue
-            if max_ratio > 0 and shorter >= RATIO_MIN_TOKENS and longer > max_ratio * shorter:
+            if (split == "train" and max_ratio > 0 and shorter >= RATIO_MIN_TOKENS
+                    and longer > max_ratio * shorter):
                 counts[(split, DROPPED, LENGTH_RATIO)] += 1
                 continue
             inputs.append(eos)

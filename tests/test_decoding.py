@@ -238,3 +238,62 @@ def test_cached_beam_search_equals_recomputing_every_prefix(name):
                                      max_decode_length=7)
     np.testing.assert_array_equal(cached[0].numpy(), reference[0].numpy())
     np.testing.assert_allclose(cached[1].numpy(), reference[1].numpy(), atol=1e-5)
+
+
+def output_length(row) -> int:
+    """Tokens up to and including EOS (the tokens before the padding without one)."""
+    ends = np.flatnonzero(row == EOS)
+    return int(ends[0]) + 1 if ends.size else int(np.sum(row != PAD))
+
+
+@pytest.mark.parametrize("name", sorted(MODELS))
+def test_per_sentence_limits_make_outputs_independent_of_the_batch(name):
+    """Decoded alone (tight buffer, no padding) or in a padded batch with a large buffer,
+    a sentence gets the same hypothesis: its limit comes from its own length."""
+    model, inputs = build(name), sources(3, rows=6, width=5)
+    limits = decoding.sentence_limits(inputs, pad_id=PAD, ratio=1.0, offset=2, cap=64)
+    together = decoding.beam_search(model, inputs, beam_size=3, alpha=0.6,
+                                    max_decode_length=16, max_lengths=limits)
+    for row in range(inputs.shape[0]):
+        real = int(np.sum(inputs[row].numpy() != PAD))
+        alone_inputs = inputs[row:row + 1, :real]
+        alone = decoding.beam_search(
+            model, alone_inputs, beam_size=3, alpha=0.6, max_decode_length=int(limits[row]),
+            max_lengths=decoding.sentence_limits(alone_inputs, pad_id=PAD, ratio=1.0,
+                                                 offset=2, cap=64))
+        width = int(limits[row])
+        np.testing.assert_array_equal(together[0][row, :width].numpy(), alone[0][0].numpy())
+        assert (together[0][row, width:].numpy() == PAD).all()
+        np.testing.assert_allclose(together[1][row].numpy(), alone[1][0].numpy(), rtol=1e-5)
+
+
+@pytest.mark.parametrize("decoder", ["greedy", "beam"])
+def test_limits_give_the_fixed_budget_hypotheses_wherever_both_finish(decoder):
+    if decoder == "greedy":  # a toy table that ends some sentences early and not others
+        model = TableModel(random_table(5, batch=16, steps=12, vocab=6, scale=3.0))
+        inputs = tf.constant([[3] * (1 + row % 6) + [PAD] * (5 - row % 6)
+                              for row in range(16)], tf.int32)
+        limits = decoding.sentence_limits(inputs, pad_id=PAD, ratio=1.0, offset=1, cap=64)
+    else:
+        model, inputs = build("transformer"), sources(4, rows=16)
+        limits = decoding.sentence_limits(inputs, pad_id=PAD, ratio=1.0, offset=3, cap=64)
+
+    def decode(**kwargs):
+        if decoder == "greedy":
+            return decoding.greedy_decode(model, inputs, max_decode_length=12, **kwargs)
+        return decoding.beam_search(model, inputs, beam_size=4, alpha=0.6,
+                                    max_decode_length=24, **kwargs)
+
+    (fixed, fixed_scores), (limited, limited_scores) = decode(), decode(max_lengths=limits)
+    compared, cut = 0, 0
+    for row in range(inputs.shape[0]):
+        limit = int(limits[row])
+        within = output_length(fixed[row].numpy()) <= limit
+        finished = output_length(limited[row].numpy()) < limit or EOS in limited[row].numpy()
+        if within and (decoder == "greedy" or finished):  # both finished within the limit
+            compared += 1
+            np.testing.assert_array_equal(limited[row].numpy(), fixed[row].numpy())
+            np.testing.assert_allclose(limited_scores[row], fixed_scores[row], rtol=1e-5)
+        cut += not within
+        assert output_length(limited[row].numpy()) <= limit
+    assert compared >= 2 and cut >= 1  # both cases occur in this batch

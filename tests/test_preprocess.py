@@ -82,7 +82,9 @@ def corpus(tmp_path_factory):
     train += b"tab\tinside\tthree fields\n"        # 39 malformed
     train += b"carriage\rreturn\tWagen\xc2\x85R\xc3\xbccklauf\r\n"  # 40 normalized, kept
     (root / "train.tsv").write_bytes(bytes(train))
-    (root / "dev.tsv").write_bytes(tsv(good[30:35] + [("save the document ", "Speichern")]))
+    # The last dev line is longer than max_length: dev and test are never length-filtered.
+    (root / "dev.tsv").write_bytes(tsv(good[30:35] + [("save the document ", "Speichern")])
+                                   + ("term " * 300).encode() + b"\tBegriff\n")
     (root / "test.tsv").write_bytes(tsv(good[35:40]))
     write_mo(root / "app.mo", MO_ENTRIES)
     return root
@@ -126,7 +128,8 @@ def test_every_bad_input_class_is_counted(full_run):
     assert train["normalized_whitespace"] == 1
     for split, counts in metadata["splits"].items():
         assert counts["read"] == counts["written"] + sum(counts["dropped"].values()), split
-    assert metadata["splits"]["dev"]["written"] == 6
+    assert metadata["splits"]["dev"]["written"] == 7
+    assert not any(metadata["splits"]["dev"]["dropped"].values())
     assert metadata["splits"]["test"]["written"] == 5
 
 
