@@ -1,6 +1,15 @@
 """Decoding throughput: cached greedy, cached beam search, and an uncached greedy baseline.
 
     python bench/decode.py [--batch_size 32 --source_length 20 --max_length 50 ...]
+    python bench/decode.py --workdir=W --data_dir=D --split=test [--jit]    # real data
+
+Real data: decodes a split with the workdir's latest checkpoint through the evaluator's
+path and through the exported SavedModel (distinct sources, shortest first, the config's
+decode batch size, beam size and alpha), and prints one JSON line: sentences/s and
+target tokens/s of each, BLEU (and WER/PER for G2P) of each, which must be equal, and
+the peak RSS.
+
+Synthetic mode:
 
 Model: the bench-size Transformer (3+3 layers, d_model 128, 4 heads, ffn 512, 8k shared
 vocabulary), randomly initialized. Every output is forced to exactly `--max_length`
@@ -96,8 +105,70 @@ def time_calls(functions, inputs, repeats):
     return best
 
 
+def real_data(args) -> dict:
+    """The evaluator path and the SavedModel on a real split (module docstring)."""
+    import resource
+    import tempfile
+
+    from launch import evaluator
+
+    run = evaluator.load_run(workdir=args.workdir, data_dir=args.data_dir)
+    checkpoint = tf.train.latest_checkpoint(os.path.join(args.workdir, "checkpoints"))
+    evaluator.restore(run, [checkpoint])
+    beam_size, alpha = run.config.decode.beam_size, run.config.decode.alpha
+    search = evaluator.make_search(run, beam_size=beam_size, alpha=alpha,
+                                   jit_compile=args.jit)
+    g2p = evaluator.is_g2p(run.metadata)
+
+    def tokens_in(hypotheses):
+        return sum(len(run.target_tokenizer.encode(h)) + 1 for h in hypotheses)  # + EOS
+
+    began = time.perf_counter()
+    sources, references, hypotheses = evaluator.decode_split(
+        run, split=args.split, data_dir=args.data_dir, search=search)
+    evaluator_s = time.perf_counter() - began
+
+    with tempfile.TemporaryDirectory() as export_dir:
+        from launch import export
+        export.export_saved_model(
+            run.model, source_model=run.source_tokenizer.model,
+            target_model=run.target_tokenizer.model, export_dir=export_dir,
+            beam_size=beam_size, alpha=alpha, **evaluator.export_options(run))
+        serve = tf.saved_model.load(export_dir).signatures["serving_default"]
+        order = sorted(range(len(sources)), key=lambda i: (len(sources[i]), i))
+        exported = [""] * len(sources)
+        size = run.config.decode.batch_size
+        began = time.perf_counter()
+        for first in range(0, len(order), size):
+            rows = order[first:first + size]
+            out = serve(inputs=tf.constant([sources[i] for i in rows]))["translations"]
+            for index, text in zip(rows, out.numpy()):
+                exported[index] = text.decode()
+        export_s = time.perf_counter() - began
+    scores = {name: evaluator.score(hyps, references, g2p=g2p)
+              for name, hyps in (("evaluator", hypotheses), ("savedmodel", exported))}
+    figures = {"split": args.split, "sentences": len(sources),
+               "identical_hypotheses": sum(a == b for a, b in zip(hypotheses, exported))}
+    for name, hyps, seconds in (("evaluator", hypotheses, evaluator_s),
+                                ("savedmodel", exported, export_s)):
+        figures[f"{name}_sentences_per_s"] = round(len(sources) / seconds, 1)
+        figures[f"{name}_target_tokens_per_s"] = round(tokens_in(hyps) / seconds, 1)
+        for metric in ("bleu", "wer", "per"):
+            if metric in scores[name]:
+                figures[f"{name}_{metric}"] = round(scores[name][metric], 2)
+    figures.update(peak_rss_mb=round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+                                     / 1024), beam_size=beam_size, jit_compile=args.jit,
+                   step=int(checkpoint.rsplit("-", 1)[1]), tensorflow=tf.__version__,
+                   cpu_count=os.cpu_count())
+    return figures
+
+
 def main(argv=None):
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--workdir", help="Real data: a trained s2s-train workdir.")
+    parser.add_argument("--data_dir", help="Real data: its s2s-preprocess output.")
+    parser.add_argument("--split", default="test", help="Real data: the split to decode.")
+    parser.add_argument("--jit", action="store_true", help="Real data: XLA beam search.")
     parser.add_argument("--batch_size", type=int, default=32)
     parser.add_argument("--source_length", type=int, default=20)
     parser.add_argument("--max_length", type=int, default=50, help="tokens decoded")
@@ -110,6 +181,11 @@ def main(argv=None):
     parser.add_argument("--no_jit", action="store_true", help="tf.function without XLA")
     parser.add_argument("--seed", type=int, default=0)
     args = parser.parse_args(argv)
+    if args.workdir or args.data_dir:
+        if not (args.workdir and args.data_dir):
+            parser.error("real data needs both --workdir and --data_dir")
+        print(json.dumps(real_data(args)))
+        return
 
     keras.utils.set_random_seed(args.seed)
     config = dict(name="transformer", num_encoder_layers=3, num_decoder_layers=3,

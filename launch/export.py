@@ -50,7 +50,6 @@ class Translator(tf.Module):
         ragged = tf.ragged.boolean_mask(tokens, keep)
         return {"translations": self.target_tokenizer.detokenize(ragged), "scores": scores}
 
-
     def _search(self, ids):
         """Beam search with buffers sized for the smallest bucket that holds the batch's
         longest source: [batch, max_decode_length] tokens, [batch] scores. Each sentence
