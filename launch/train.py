@@ -23,7 +23,7 @@ flags.DEFINE_string("tpu", "", "TPU name, or 'local' on a TPU VM (with --strateg
 flags.DEFINE_float("peer_timeout", 60.0, "multi_worker_mirrored: seconds without a heartbeat "
                    "from a peer before the job stops with an error (exit 143).")
 flags.DEFINE_float("start_timeout", 900.0, "multi_worker_mirrored: seconds to wait for every "
-                   "worker to start before giving up (exit 143).")
+                   "worker to start before giving up (exit 137).")
 flags.DEFINE_integer("cpu_devices", 0, "Split the CPU into N logical devices (the CPU proxy "
                      "for multi-replica strategies); 0 leaves it alone.")
 flags.mark_flags_as_required(["config", "workdir", "data_dir"])

@@ -7,6 +7,7 @@ GLOBAL number of real target tokens, clips the global norm and applies them. A s
 gradients are not finite is skipped by the LossScaleOptimizer (float16 or not).
 """
 
+import contextlib
 import dataclasses
 import json
 import os
@@ -385,6 +386,18 @@ def _peer_failure_summary(error: tf.errors.OpError) -> str:
     return type(error).__name__
 
 
+@contextlib.contextmanager
+def _peer_failures_as_peer_lost(num_workers: int, *, during: str):
+    """A collective that failed because a peer is gone becomes PeerLost, naming when."""
+    try:
+        yield
+    except tf.errors.OpError as error:
+        if num_workers > 1 and _is_peer_failure(error):
+            raise PeerLost(f"lost contact with a peer worker during {during} "
+                           f"({_peer_failure_summary(error)})") from error
+        raise
+
+
 def train(config, *, workdir: str, data_dir: str,
           strategy: tf.distribute.Strategy) -> list[StepStats]:
     """Trains until config.train.num_steps, resuming from the workdir's last checkpoint.
@@ -408,8 +421,9 @@ def train(config, *, workdir: str, data_dir: str,
                                   worker_index=worker_index, is_chief=is_chief,
                                   keep=config.train.keep_checkpoints)
     restored = checkpoints.restore_latest(manager, trainer.checkpoint)
-    fleet.check_same_restored_step(int(trainer.step.numpy()) if restored else None,
-                                   workdir=workdir)
+    with _peer_failures_as_peer_lost(num_workers, during="the resume check"):
+        fleet.check_same_restored_step(int(trainer.step.numpy()) if restored else None,
+                                       workdir=workdir)
     if is_chief:
         tf.io.gfile.makedirs(workdir)
         checkpoints.write_text_atomically(
@@ -431,16 +445,12 @@ def train(config, *, workdir: str, data_dir: str,
                            _next_multiple(step, config.train.log_every_steps),
                            config.train.num_steps, step + steps_per_call)
             began = time.perf_counter()
-            try:
+            with _peer_failures_as_peer_lost(num_workers,
+                                             during=f"steps {step + 1}-{boundary}"):
                 stats = trainer.run_loop(boundary - step)
                 elapsed = time.perf_counter() - began
                 notified, seconds_per_step = fleet.decide_after_call(
                     preempted=sigterm.raised, seconds_per_step=elapsed / (boundary - step))
-            except tf.errors.OpError as error:
-                if num_workers > 1 and _is_peer_failure(error):
-                    raise PeerLost(f"lost contact with a peer worker during steps {step + 1}-"
-                                   f"{boundary} ({_peer_failure_summary(error)})") from error
-                raise
             history.extend(stats)
             progress.record(stats, first_step=step + 1, seconds=elapsed)
             step = boundary

@@ -9,6 +9,7 @@ exit codes of the harness and of the pods' entrypoint say what happened to the j
 import json
 import os
 import signal
+import socket
 import subprocess
 import sys
 import time
@@ -166,7 +167,6 @@ def test_a_peer_that_never_starts_ends_the_wait_after_start_timeout(data_dir, tm
 
 
 def free_port() -> int:
-    import socket
     with socket.socket() as sock:
         sock.bind(("localhost", 0))
         return sock.getsockname()[1]
