@@ -143,8 +143,9 @@ def test_a_lost_peer_is_an_error_within_the_peer_timeout(data_dir, tmp_path, fau
     assert "s2s-train: error: lost contact with a peer worker" in out
     assert "Traceback" not in out
     # The bound: --peer_timeout for a silent peer (a broken connection is seen at once),
-    # plus one host call and process exit.
-    assert detected_after < PEER_TIMEOUT + 10, out[-3000:]
+    # the coordination service's next health check, one host call and the exit; twice
+    # the timeout plus 10 s leaves room for a loaded CI machine.
+    assert detected_after < 2 * PEER_TIMEOUT + 10, out[-3000:]
     assert "job interrupted and not restarted" in out
 
 
