@@ -55,19 +55,16 @@ class Translator(tf.Module):
         longest source: [batch, max_decode_length] tokens, [batch] scores. Each sentence
         stops at the limit of its own length, as in the evaluator."""
         config = self.model.config
-        budget = dict(ratio=self.length_ratio, offset=self.length_offset,
-                      cap=self.max_decode_length)
-        limits = decoding.sentence_limits(ids, pad_id=config.pad_id, **budget)
 
         def branch(bucket):
             def search():
                 padded = tf.pad(ids, [[0, 0], [0, bucket - tf.shape(ids)[1]]],
                                 constant_values=config.pad_id)
                 padded.set_shape([None, bucket])
-                tokens, scores = decoding.beam_search(
+                tokens, scores = decoding.length_bounded_beam_search(
                     self.model, padded, beam_size=self.beam_size, alpha=self.alpha,
-                    max_decode_length=decoding.max_decode_length(bucket, **budget),
-                    max_lengths=limits)
+                    ratio=self.length_ratio, offset=self.length_offset,
+                    cap=self.max_decode_length)
                 width = self.max_decode_length - tf.shape(tokens)[1]
                 return tf.pad(tokens, [[0, 0], [0, width]],
                               constant_values=config.pad_id), scores

@@ -32,14 +32,9 @@ class ReplicatedSearch:
             self.model = model
 
         def search(inputs):
-            # Buffers sized for this bucket's padded length; each sentence stops at the
-            # limit of its own length, as in the export, whatever its batch.
-            budget = dict(ratio=length_ratio, offset=length_offset, cap=max_decode_length)
-            limits = decoding.sentence_limits(inputs, pad_id=self.model.config.pad_id,
-                                              **budget)
-            tokens, _ = decoding.beam_search(
-                self.model, inputs, beam_size=beam_size, alpha=alpha, max_lengths=limits,
-                max_decode_length=decoding.max_decode_length(inputs.shape[1], **budget))
+            tokens, _ = decoding.length_bounded_beam_search(
+                self.model, inputs, beam_size=beam_size, alpha=alpha, ratio=length_ratio,
+                offset=length_offset, cap=max_decode_length)
             return tokens
 
         self._search = tf.function(search, jit_compile=jit_compile)

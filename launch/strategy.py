@@ -16,8 +16,6 @@ import os
 import tensorflow as tf
 
 STRATEGIES = ("default", "one_device", "mirrored", "multi_worker_mirrored", "tpu")
-PEER_TIMEOUT_SECONDS = 60  # a silent peer becomes an error after this long
-START_TIMEOUT_SECONDS = 900  # all workers must have started within this long
 
 
 def set_cpu_devices(count: int) -> None:
@@ -71,17 +69,18 @@ def configure_peer_timeouts(*, peer_timeout: float, start_timeout: float) -> Non
         shutdown_barrier_timeout_in_ms=int(peer_timeout * 1000))
 
 
-def create(name: str, *, tpu: str = "", peer_timeout: float = PEER_TIMEOUT_SECONDS,
-           start_timeout: float = START_TIMEOUT_SECONDS,
-           tpu_hosts=None) -> tf.distribute.Strategy:
+def create(name: str, *, tpu: str = "", peer_timeout: float | None = None,
+           start_timeout: float | None = None) -> tf.distribute.Strategy:
     """Builds the strategy; with several logical CPUs and no GPU, mirrored spans the CPUs.
 
-    `tpu_hosts` (tests) replaces the TPU VM metadata lookup of the slice's host count.
+    multi_worker_mirrored needs both timeouts (s2s-train's --peer_timeout, --start_timeout).
     """
     validate(name, tpu=tpu)
     if name == "default":
         return tf.distribute.get_strategy()
     if name == "multi_worker_mirrored":  # before any device query initialises the runtime
+        if peer_timeout is None or start_timeout is None:
+            raise ValueError("multi_worker_mirrored needs peer_timeout and start_timeout")
         configure_peer_timeouts(peer_timeout=peer_timeout, start_timeout=start_timeout)
         return tf.distribute.MultiWorkerMirroredStrategy()
     gpus = tf.config.list_logical_devices("GPU") if name != "tpu" else []
@@ -90,7 +89,7 @@ def create(name: str, *, tpu: str = "", peer_timeout: float = PEER_TIMEOUT_SECON
     if name == "mirrored":
         devices = None if gpus else [d.name for d in tf.config.list_logical_devices("CPU")]
         return tf.distribute.MirroredStrategy(devices=devices)
-    resolver = tpu_resolver(tpu, hosts=tpu_hosts() if tpu_hosts else tpu_vm_hosts())
+    resolver = tpu_resolver(tpu, hosts=tpu_vm_hosts())
     if tpu not in ("", "local"):
         tf.config.experimental_connect_to_cluster(resolver)
     tf.tpu.experimental.initialize_tpu_system(resolver)

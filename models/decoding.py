@@ -126,6 +126,21 @@ def _limits(max_lengths, batch, length):
     return tf.minimum(tf.cast(max_lengths, tf.int32), length)
 
 
+def length_bounded_beam_search(model, inputs, *, beam_size, alpha, ratio, offset, cap):
+    """Beam search whose buffers fit the batch's padded length (a static shape) and whose
+    sentences each stop at `sentence_limits`: the evaluator and the export both decode
+    this way, so a sentence's output does not depend on its batch.
+
+    Returns:
+        tokens: [batch, max_decode_length(S)] int32; scores: [batch] float32.
+    """
+    budget = dict(ratio=ratio, offset=offset, cap=cap)
+    return beam_search(model, inputs, beam_size=beam_size, alpha=alpha,
+                       max_decode_length=max_decode_length(inputs.shape[1], **budget),
+                       max_lengths=sentence_limits(inputs, pad_id=model.config.pad_id,
+                                                   **budget))
+
+
 def greedy_decode(model, inputs, *, max_decode_length, max_lengths=None):
     """Decodes by taking the most likely token at every step.
 

@@ -114,5 +114,5 @@ def test_sigterm_reaches_the_trainer_and_the_pod_reports_preemption(tmp_path):
 
 
 def k8s_worker_preempted_code() -> int:
-    from launch.cloud import k8s
-    return k8s.PREEMPTED_EXIT_CODE
+    from launch import exit_codes
+    return exit_codes.PREEMPTED

@@ -31,7 +31,6 @@ from launch.cloud import cli, commands, tf_config
 
 PROG = "python -m launch.cloud.k8s"
 VARIANTS = ("jobset", "indexed", "tfjob")
-PREEMPTED_EXIT_CODE = exit_codes.PREEMPTED  # the job was interrupted: restart the group
 RESTART_EXIT_CODES = [exit_codes.PREEMPTED, exit_codes.KILLED]
 JOBSET_WORKERS = "workers"  # the JobSet's replicated job; its pods are NAME-workers-0-<i>
 TFJOB_CONTAINER = "tensorflow"  # the name the Kubeflow training operator looks for
