@@ -4,8 +4,8 @@
     python bench/decode.py --workdir=W --data_dir=D --split=test [--jit]    # real data
 
 Real data: decodes a split with the workdir's latest checkpoint through the evaluator's
-path and through the exported SavedModel (distinct sources, shortest first, the config's
-decode batch size, beam size and alpha), and prints one JSON line: sentences/s and
+path and through the exported SavedModel (distinct sources, shortest first, in the
+evaluator's batches, with the config's beam size and alpha), and prints one JSON line: sentences/s and
 target tokens/s of each, BLEU (and WER/PER for G2P) of each, which must be equal, and
 the peak RSS.
 
@@ -135,12 +135,11 @@ def real_data(args) -> dict:
             target_model=run.target_tokenizer.model, export_dir=export_dir,
             beam_size=beam_size, alpha=alpha, **evaluator.export_options(run))
         serve = tf.saved_model.load(export_dir).signatures["serving_default"]
-        order = sorted(range(len(sources)), key=lambda i: (len(sources[i]), i))
+        _, _, source_ids = evaluator.read_split(run, split=args.split, data_dir=args.data_dir)
         exported = [""] * len(sources)
-        size = run.config.decode.batch_size
         began = time.perf_counter()
-        for first in range(0, len(order), size):
-            rows = order[first:first + size]
+        for rows, _ in evaluator.length_batches([len(ids) for ids in source_ids],
+                                                **evaluator.batching(run)):
             out = serve(inputs=tf.constant([sources[i] for i in rows]))["translations"]
             for index, text in zip(rows, out.numpy()):
                 exported[index] = text.decode()

@@ -62,6 +62,9 @@ def get_config() -> ml_collections.ConfigDict:
     config.decode.alpha = 0.6  # GNMT length penalty exponent
     config.decode.max_length_ratio = 1.5  # max output tokens = ratio * source tokens + offset
     config.decode.max_length_offset = 10
-    config.decode.batch_size = 64  # sentences per decoding batch
+    config.decode.batch_size = 64  # sentences per decoding batch, at most
+    # Padded source tokens per decoding batch, at most: long sources decode in small
+    # batches (launch/evaluator.py: length_batches).
+    config.decode.batch_tokens = 1024
 
     return config

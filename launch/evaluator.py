@@ -133,18 +133,16 @@ def decode_split(run: Run, *, split: str, data_dir: str,
 
     A source that appears more than once (a word with several pronunciations, a message
     with several translations) is decoded once and scored against all its references.
-    Sources are decoded shortest first, so each batch holds similar lengths: its buffers
-    fit its bucket and it stops as soon as its own sentences are done.
+    Sources are decoded shortest first in batches of similar length (`length_batches`),
+    so each batch's buffers fit its bucket and it stops once its own sentences are done.
     """
     sources, references, source_ids = read_split(run, split=split, data_dir=data_dir)
-    batch_size = search.batch_multiple(run.config.decode.batch_size)
     search.sync()
-    order = sorted(range(len(sources)), key=lambda i: (len(source_ids[i]), i))
     hypotheses = [""] * len(sources)
     began, done, last_log = time.perf_counter(), 0, time.perf_counter()
-    for first in range(0, len(order), batch_size):
-        rows = order[first:first + batch_size]
-        tokens = search(padded_batch([source_ids[i] for i in rows], size=batch_size,
+    for rows, size in length_batches([len(ids) for ids in source_ids],
+                                     **batching(run, multiple=search.replicas)):
+        tokens = search(padded_batch([source_ids[i] for i in rows], size=size,
                                      boundaries=run.config.data.bucket_boundaries,
                                      pad_id=run.config.data.pad_id,
                                      eos_id=run.config.data.eos_id))
@@ -153,11 +151,45 @@ def decode_split(run: Run, *, split: str, data_dir: str,
         done += len(rows)
         now = time.perf_counter()
         if now - last_log >= LOG_EVERY_SECONDS:
-            logging.info("decoded %d of %d sentences (%.1f/s)", done, len(order),
+            logging.info("decoded %d of %d sentences (%.1f/s)", done, len(sources),
                          done / (now - began))
             last_log = now
     logging.info("decoded %d sentences in %.0f s", done, time.perf_counter() - began)
     return sources, references, hypotheses
+
+
+def batching(run: Run, *, multiple: int = 1) -> dict:
+    """`length_batches` settings from config.decode and the data's buckets."""
+    decode = run.config.decode
+    return {"boundaries": tuple(run.config.data.bucket_boundaries),
+            "max_sentences": decode.batch_size,
+            "max_tokens": decode.get("batch_tokens", 0) or decode.batch_size * max(
+                run.config.data.bucket_boundaries), "multiple": multiple}
+
+
+def bucket_length(length: int, boundaries) -> int:
+    """The padded length of a source: the smallest boundary that holds it (or its own
+    length beyond the largest), so each bucket has one static shape."""
+    return min([int(b) for b in boundaries if int(b) >= length], default=length)
+
+
+def length_batches(lengths: list[int], *, boundaries, max_sentences: int, max_tokens: int,
+                   multiple: int = 1) -> list[tuple[list[int], int]]:
+    """(indices, batch size) per batch: indices shortest first, each batch within one
+    bucket and holding at most `max_sentences` sources and `max_tokens` padded source
+    tokens. The size is fixed per bucket (one compiled shape each; short batches are
+    filled up) and a multiple of `multiple` (the replicas). Long sources thus decode in
+    small batches, which stop sooner and hold smaller caches."""
+    by_bucket: dict[int, list[int]] = {}
+    for index in sorted(range(len(lengths)), key=lambda i: (lengths[i], i)):
+        by_bucket.setdefault(bucket_length(lengths[index], boundaries), []).append(index)
+    batches = []
+    for bucket, indices in sorted(by_bucket.items()):
+        size = max(1, min(max_sentences, max_tokens // bucket))
+        size = -(-size // multiple) * multiple
+        batches += [(indices[first:first + size], size)
+                    for first in range(0, len(indices), size)]
+    return batches
 
 
 def read_split(run: Run, *, split: str, data_dir: str
@@ -183,11 +215,9 @@ def read_split(run: Run, *, split: str, data_dir: str
 
 def padded_batch(rows: list[np.ndarray], *, size: int, boundaries, pad_id: int,
                  eos_id: int) -> np.ndarray:
-    """[size, L] int32: the rows padded to the smallest bucket boundary that holds the
-    longest (or to its own length beyond the largest boundary), plus EOS-only filler rows
-    up to `size` (one compiled shape per bucket)."""
-    longest = max(len(r) for r in rows)
-    length = min([int(b) for b in boundaries if int(b) >= longest], default=longest)
+    """[size, L] int32: the rows padded to the bucket of the longest (`bucket_length`),
+    plus EOS-only filler rows up to `size` (one compiled shape per bucket)."""
+    length = bucket_length(max(len(r) for r in rows), boundaries)
     batch = np.full([size, length], pad_id, np.int32)
     batch[len(rows):, 0] = eos_id
     for index, row in enumerate(rows):

@@ -45,10 +45,6 @@ class ReplicatedSearch:
             for mine, theirs in zip(self.model.weights, self.source.weights):
                 mine.assign(theirs)
 
-    def batch_multiple(self, batch_size: int) -> int:
-        """The batch size to pad to: the next multiple of the replica count."""
-        return -(-batch_size // self.replicas) * self.replicas
-
     def __call__(self, inputs: np.ndarray) -> np.ndarray:
         """[batch, length] int32 ids; batch must be a multiple of replicas."""
         if self.model is self.source:

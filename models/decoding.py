@@ -17,6 +17,13 @@ Decode length: buffers are preallocated, so `max_decode_length` must be a Python
 `max_decode_length()` derives it from the padded (static) source length of the batch,
 which bounds every real length in it, so one compiled decoder serves each bucket;
 `batch_max_decode_length()` uses the longest real source in an eager batch instead.
+
+Growing caches: a Transformer step reads and writes its whole key/value buffer, so a
+buffer sized for the longest possible output makes every step of a long batch pay for
+it. A model with `grow_cache(cache, length)` starts with `cache_chunk` positions and the
+loop runs in phases, doubling the buffer between them (`buffer_lengths`): a step costs at
+most twice its prefix, every shape stays static, and a batch that finishes early never
+allocates the rest. Outputs do not depend on the buffer length.
 """
 
 import math
@@ -53,6 +60,38 @@ def batch_max_decode_length(inputs, *, pad_id=0, ratio=1.5, offset=10, cap=256):
     """
     lengths = tf.reduce_sum(tf.cast(tf.not_equal(inputs, pad_id), tf.int32), axis=1)
     return max_decode_length(int(tf.reduce_max(lengths)), ratio=ratio, offset=offset, cap=cap)
+
+
+def buffer_lengths(length, *, chunk):
+    """The cache lengths a decode of `length` steps runs through: chunk, 2 * chunk, ...,
+    then `length`. A phase is added only where it saves at least a third of the next."""
+    sizes, size = [], int(chunk)
+    while size * 3 // 2 < length:
+        sizes.append(size)
+        size *= 2
+    return sizes + [int(length)]
+
+
+def _in_phases(model, cond, body, loop_vars, *, cache_of, with_cache, length, chunk):
+    """`tf.while_loop(cond, body, loop_vars)` over at most `length` steps, with the model's
+    cache grown between phases (`buffer_lengths`). loop_vars = (i, ...) with i from 0;
+    `cache_of(vars)` reads the cache and `with_cache(vars, cache)` replaces it. The
+    cache in loop_vars must have been built with `first_buffer_length(...)` positions."""
+    sizes = buffer_lengths(length, chunk=chunk) if hasattr(model, "grow_cache") else [length]
+    done_steps = 0
+    for size in sizes:
+        if done_steps:
+            loop_vars = with_cache(loop_vars, model.grow_cache(cache_of(loop_vars), size))
+        loop_vars = tf.while_loop(
+            lambda i, *rest, size=size: tf.logical_and(i < size, cond(i, *rest)), body,
+            loop_vars, maximum_iterations=size - done_steps)
+        done_steps = size
+    return loop_vars
+
+
+def first_buffer_length(model, length, *, chunk):
+    """The cache length `init_cache` gets: the first phase's (see `_in_phases`)."""
+    return buffer_lengths(length, chunk=chunk)[0] if hasattr(model, "grow_cache") else length
 
 
 def length_penalty(length, alpha):
@@ -126,7 +165,8 @@ def _limits(max_lengths, batch, length):
     return tf.minimum(tf.cast(max_lengths, tf.int32), length)
 
 
-def length_bounded_beam_search(model, inputs, *, beam_size, alpha, ratio, offset, cap):
+def length_bounded_beam_search(model, inputs, *, beam_size, alpha, ratio, offset, cap,
+                                cache_chunk=32):
     """Beam search whose buffers fit the batch's padded length (a static shape) and whose
     sentences each stop at `sentence_limits`: the evaluator and the export both decode
     this way, so a sentence's output does not depend on its batch.
@@ -138,10 +178,10 @@ def length_bounded_beam_search(model, inputs, *, beam_size, alpha, ratio, offset
     return beam_search(model, inputs, beam_size=beam_size, alpha=alpha,
                        max_decode_length=max_decode_length(inputs.shape[1], **budget),
                        max_lengths=sentence_limits(inputs, pad_id=model.config.pad_id,
-                                                   **budget))
+                                                   **budget), cache_chunk=cache_chunk)
 
 
-def greedy_decode(model, inputs, *, max_decode_length, max_lengths=None):
+def greedy_decode(model, inputs, *, max_decode_length, max_lengths=None, cache_chunk=32):
     """Decodes by taking the most likely token at every step.
 
     Args:
@@ -150,6 +190,7 @@ def greedy_decode(model, inputs, *, max_decode_length, max_lengths=None):
         max_decode_length: Python int, number of tokens generated at most (buffer size).
         max_lengths: optional [batch] int, a smaller limit per sentence
             (`sentence_limits`); a sentence stops there as at the buffer's end.
+        cache_chunk: the model cache's first length (see "Growing caches" above).
 
     Returns:
         tokens: [batch, max_decode_length] int32, each sequence ending with its EOS (if
@@ -159,7 +200,8 @@ def greedy_decode(model, inputs, *, max_decode_length, max_lengths=None):
     config = model.config
     inputs = tf.convert_to_tensor(inputs, tf.int32)
     batch = _static_batch(inputs)
-    cache = model.init_cache(model.encode(inputs, training=False), max_decode_length)
+    cache = model.init_cache(model.encode(inputs, training=False),
+                             first_buffer_length(model, max_decode_length, chunk=cache_chunk))
     tokens = tf.fill([batch], config.bos_id)
     sequences = tf.fill([batch, max_decode_length], config.pad_id)
     finished = tf.zeros([batch], tf.bool)
@@ -167,8 +209,7 @@ def greedy_decode(model, inputs, *, max_decode_length, max_lengths=None):
     limits = _limits(max_lengths, batch, max_decode_length)
 
     def cond(i, tokens, cache, sequences, finished, scores):
-        return tf.logical_and(i < max_decode_length,
-                              tf.logical_not(tf.reduce_all(finished)))
+        return tf.logical_not(tf.reduce_all(finished))
 
     def body(i, tokens, cache, sequences, finished, scores):
         logits, cache = model.decode_step(tokens, cache)
@@ -181,13 +222,15 @@ def greedy_decode(model, inputs, *, max_decode_length, max_lengths=None):
         finished = finished | tf.equal(best, config.eos_id) | (i + 1 >= limits)
         return i + 1, best, cache, sequences, finished, scores
 
-    _, _, _, sequences, _, scores = tf.while_loop(
-        cond, body, (tf.constant(0), tokens, cache, sequences, finished, scores),
-        maximum_iterations=max_decode_length)
+    _, _, _, sequences, _, scores = _in_phases(
+        model, cond, body, (tf.constant(0), tokens, cache, sequences, finished, scores),
+        cache_of=lambda v: v[2], with_cache=lambda v, c: (*v[:2], c, *v[3:]),
+        length=max_decode_length, chunk=cache_chunk)
     return sequences, scores
 
 
-def beam_search(model, inputs, *, beam_size, alpha, max_decode_length, max_lengths=None):
+def beam_search(model, inputs, *, beam_size, alpha, max_decode_length, max_lengths=None,
+                cache_chunk=32):
     """Batched beam search with GNMT length normalization.
 
     Each step ranks the 2 * beam_size best extensions of the alive hypotheses. Those
@@ -220,6 +263,7 @@ def beam_search(model, inputs, *, beam_size, alpha, max_decode_length, max_lengt
         max_decode_length: Python int, number of tokens generated at most (buffer size).
         max_lengths: optional [batch] int, a smaller limit per sentence
             (`sentence_limits`).
+        cache_chunk: the model cache's first length (see "Growing caches" above).
 
     Returns:
         tokens: [batch, max_decode_length] int32, ending with EOS then pad_id.
@@ -228,7 +272,9 @@ def beam_search(model, inputs, *, beam_size, alpha, max_decode_length, max_lengt
     config = model.config
     inputs = tf.convert_to_tensor(inputs, tf.int32)
     batch, beam, length = _static_batch(inputs), beam_size, max_decode_length
-    cache = model.init_cache(model.encode(inputs, training=False), length, beam_size=beam)
+    cache = model.init_cache(model.encode(inputs, training=False),
+                             first_buffer_length(model, length, chunk=cache_chunk),
+                             beam_size=beam)
     # Beam-major offsets turn per-sentence beam indices into rows of the flat cache.
     row_offsets = (tf.range(batch) * beam)[:, None]
     # Candidates: the top 2 * beam, then the greedy extension. EOS may finish from the
@@ -251,7 +297,7 @@ def beam_search(model, inputs, *, beam_size, alpha, max_decode_length, max_lengt
     }
 
     def cond(i, state):
-        return tf.logical_and(i < length, tf.logical_not(tf.reduce_all(state["done"])))
+        return tf.logical_not(tf.reduce_all(state["done"]))
 
     def body(i, state):
         logits, new_cache = model.decode_step(state["tokens"], state["cache"])
@@ -336,8 +382,10 @@ def beam_search(model, inputs, *, beam_size, alpha, max_decode_length, max_lengt
 
     # Every sentence is done by its limit (<= the buffer length), so the best finished
     # hypothesis is the answer.
-    _, state = tf.while_loop(cond, body, (tf.constant(0), state),
-                             maximum_iterations=length)
+    _, state = _in_phases(model, cond, body, (tf.constant(0), state),
+                          cache_of=lambda v: v[1]["cache"],
+                          with_cache=lambda v, c: (v[0], dict(v[1], cache=c)),
+                          length=length, chunk=cache_chunk)
     return state["finished_seq"][:, 0], state["finished_score"][:, 0]
 
 

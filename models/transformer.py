@@ -5,8 +5,9 @@ original post-LN blocks. Sinusoidal positions, optional shared source/target emb
 that also serves as the output projection.
 
 Incremental decoding keeps, per decoder layer, preallocated self-attention key/value
-buffers of static length `max_decode_length` plus the projected encoder keys/values, so
-each step costs one token's worth of work and every shape is static (XLA/TPU).
+buffers of a static length plus the projected encoder keys/values, so each step costs one
+token's worth of work and every shape is static (XLA/TPU). Every step reads and writes
+the whole buffer, so the decoders start it short and `grow_cache` lengthens it in chunks.
 """
 
 import dataclasses
@@ -171,6 +172,7 @@ class Transformer(layers.VocabularyOutput, keras.Model):
         init_cache(encoded, max_decode_length, beam_size=1) -> dict of [B*beam, ...]
         decode_step(tokens [B*beam] int32, cache) -> (logits [B*beam,V] float32, cache)
         reorder_cache(cache, rows [B*beam] int32) -> cache following the chosen beams
+        grow_cache(cache, length) -> the same state in buffers of `length` positions
 
     Args:
         config: TransformerConfig.
@@ -308,6 +310,16 @@ class Transformer(layers.VocabularyOutput, keras.Model):
             cache[f"key_{i}"] = zeros
             cache[f"value_{i}"] = zeros
         return cache
+
+    def grow_cache(self, cache, length):
+        """The same decoding state with room for `length` positions (a Python int, at
+        least the current buffer length): the new slots are empty and unread."""
+        extra = int(length) - cache["history"].shape[2]
+        grown = dict(cache, history=tf.pad(cache["history"], [[0, 0], [0, 0], [0, extra]]))
+        for i in range(len(self.decoder_layers)):
+            for name in (f"key_{i}", f"value_{i}"):
+                grown[name] = tf.pad(cache[name], [[0, 0], [0, extra], [0, 0], [0, 0]])
+        return grown
 
     def reorder_cache(self, cache, rows):
         """Row j continues the hypothesis of row `rows[j]` (same sentence group).

@@ -297,3 +297,55 @@ def test_limits_give_the_fixed_budget_hypotheses_wherever_both_finish(decoder):
         cut += not within
         assert output_length(limited[row].numpy()) <= limit
     assert compared >= 2 and cut >= 1  # both cases occur in this batch
+
+
+def test_buffer_lengths_double_from_the_chunk_and_end_at_the_length():
+    assert decoding.buffer_lengths(12, chunk=2) == [2, 4, 12]  # 8 would save under a third
+    assert decoding.buffer_lengths(394, chunk=32) == [32, 64, 128, 256, 394]
+    assert decoding.buffer_lengths(40, chunk=32) == [40]
+    assert decoding.buffer_lengths(7, chunk=32) == [7]
+
+
+class GrowthRecorder:
+    """Delegates to a model and records the buffer lengths its cache grows to."""
+
+    def __init__(self, model):
+        self.model, self.config, self.grown = model, model.config, []
+        self.encode, self.decode_step = model.encode, model.decode_step
+        self.reorder_cache = model.reorder_cache
+
+    def init_cache(self, encoded, max_decode_length, beam_size=1):
+        self.grown.append(max_decode_length)
+        return self.model.init_cache(encoded, max_decode_length, beam_size=beam_size)
+
+    def grow_cache(self, cache, length):
+        self.grown.append(length)
+        grown = self.model.grow_cache(cache, length)
+        assert grown["key_0"].shape[1] == grown["history"].shape[2] == length
+        return grown
+
+
+@pytest.mark.parametrize("jit", [False, True], ids=["eager", "xla"])
+def test_growing_caches_give_the_outputs_of_one_full_buffer(jit):
+    """Outputs running past the first chunks equal those of a buffer preallocated whole."""
+    model, inputs = build("transformer"), sources(6, rows=8)
+    limits = decoding.sentence_limits(inputs, pad_id=PAD, ratio=2.0, offset=8, cap=64)
+    recorder = GrowthRecorder(model)
+
+    def decode(chunk):
+        def run(x):
+            return (decoding.greedy_decode(recorder, x, max_decode_length=18, cache_chunk=chunk),
+                    decoding.beam_search(recorder, x, beam_size=3, alpha=0.6,
+                                         max_decode_length=18, max_lengths=limits,
+                                         cache_chunk=chunk))
+        return tf.function(run, jit_compile=True)(inputs) if jit else run(inputs)
+
+    whole = decode(64)
+    assert recorder.grown == [18, 18]
+    recorder.grown.clear()
+    grown = decode(3)
+    assert recorder.grown == [3, 6, 18] * 2
+    for full, phased in zip(whole, grown):
+        np.testing.assert_array_equal(phased[0].numpy(), full[0].numpy())
+        np.testing.assert_allclose(phased[1].numpy(), full[1].numpy(), atol=1e-5)
+        assert max(output_length(row) for row in full[0].numpy()) > 6  # reached the last phase

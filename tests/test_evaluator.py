@@ -81,6 +81,22 @@ def test_g2p_word_is_right_when_it_matches_any_pronunciation():
     assert result["per"] == pytest.approx(100 * 1 / (4 + 6 + 3))
 
 
+def test_length_batches_group_by_bucket_within_the_token_budget():
+    lengths = [3, 9, 2, 17, 3, 8, 30, 40, 5, 3]
+    batches = evaluator.length_batches(lengths, boundaries=(4, 8, 16, 32), max_sentences=3,
+                                       max_tokens=32, multiple=1)
+    assert batches == [([2, 0, 4], 3), ([9], 3),  # bucket 4: 32 // 4 = 8, capped at 3
+                       ([8, 5], 3),               # bucket 8: 4, capped at 3
+                       ([1], 2),                  # bucket 16: 32 // 16
+                       ([3], 1), ([6], 1),        # bucket 32: one each
+                       ([7], 1)]                  # beyond the largest: its own length
+    assert sorted(i for rows, _ in batches for i in rows) == list(range(len(lengths)))
+    with_replicas = evaluator.length_batches(lengths, boundaries=(4, 8, 16, 32),
+                                             max_sentences=3, max_tokens=32, multiple=2)
+    assert with_replicas == [([2, 0, 4, 9], 4), ([8, 5], 4), ([1], 2), ([3, 6], 2),
+                             ([7], 2)]
+
+
 def test_a_repeated_source_is_decoded_once_and_scored_against_all_its_references(
         trained, tmp_path):
     data_dir, workdir = copy_workdir(trained, tmp_path)
