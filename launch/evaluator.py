@@ -121,7 +121,6 @@ def export_options(run: Run) -> dict:
     """The export's decoding settings, the evaluator's own."""
     return {"max_input_length": max(run.config.data.bucket_boundaries),
             "max_decode_length": max_decode_length(run),
-            "bucket_boundaries": tuple(run.config.data.bucket_boundaries),
             **length_limits(run)}
 
 
@@ -163,8 +162,8 @@ def batching(run: Run, *, multiple: int = 1) -> dict:
     decode = run.config.decode
     return {"boundaries": tuple(run.config.data.bucket_boundaries),
             "max_sentences": decode.batch_size,
-            "max_tokens": decode.get("batch_tokens", 0) or decode.batch_size * max(
-                run.config.data.bucket_boundaries), "multiple": multiple}
+            # Workdirs from before batch_tokens existed get configs/base.py's value.
+            "max_tokens": decode.get("batch_tokens", 1024), "multiple": multiple}
 
 
 def bucket_length(length: int, boundaries) -> int:

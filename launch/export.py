@@ -24,7 +24,7 @@ class Translator(tf.Module):
 
     def __init__(self, model, *, source_model: bytes, target_model: bytes, beam_size: int,
                  alpha: float, max_input_length: int, max_decode_length: int,
-                 length_ratio: float, length_offset: int, bucket_boundaries=()):
+                 length_ratio: float, length_offset: int):
         super().__init__()
         self.model = model
         self.source_tokenizer = tf_text.SentencepieceTokenizer(model=source_model)
@@ -34,9 +34,6 @@ class Translator(tf.Module):
         self.max_input_length = int(max_input_length)
         self.max_decode_length = int(max_decode_length)
         self.length_ratio, self.length_offset = float(length_ratio), int(length_offset)
-        # Source lengths the batch is padded to; each has its own static buffer size.
-        self.buckets = sorted({int(b) for b in bucket_boundaries
-                               if int(b) < self.max_input_length} | {self.max_input_length})
 
     @tf.function(input_signature=[tf.TensorSpec([None], tf.string, name="inputs")])
     def translate(self, texts):
@@ -51,39 +48,25 @@ class Translator(tf.Module):
         return {"translations": self.target_tokenizer.detokenize(ragged), "scores": scores}
 
     def _search(self, ids):
-        """Beam search with buffers sized for the smallest bucket that holds the batch's
-        longest source: [batch, max_decode_length] tokens, [batch] scores. Each sentence
+        """Beam search with buffers for the batch's longest sentence limit (one traced
+        decoder for every length): [batch, length] tokens, [batch] scores. Each sentence
         stops at the limit of its own length, as in the evaluator."""
-        config = self.model.config
-
-        def branch(bucket):
-            def search():
-                padded = tf.pad(ids, [[0, 0], [0, bucket - tf.shape(ids)[1]]],
-                                constant_values=config.pad_id)
-                padded.set_shape([None, bucket])
-                tokens, scores = decoding.length_bounded_beam_search(
-                    self.model, padded, beam_size=self.beam_size, alpha=self.alpha,
-                    ratio=self.length_ratio, offset=self.length_offset,
-                    cap=self.max_decode_length)
-                width = self.max_decode_length - tf.shape(tokens)[1]
-                return tf.pad(tokens, [[0, 0], [0, width]],
-                              constant_values=config.pad_id), scores
-            return search
-
-        index = tf.reduce_sum(tf.cast(tf.constant(self.buckets) < tf.shape(ids)[1], tf.int32))
-        return tf.switch_case(index, [branch(b) for b in self.buckets])
+        ids.set_shape([None, None])
+        return decoding.length_bounded_beam_search(
+            self.model, ids, beam_size=self.beam_size, alpha=self.alpha,
+            ratio=self.length_ratio, offset=self.length_offset, cap=self.max_decode_length)
 
 
 def export_saved_model(model, *, source_model: bytes, target_model: bytes, export_dir: str,
                        beam_size: int, alpha: float, max_input_length: int,
                        max_decode_length: int, length_ratio: float, length_offset: int,
-                       bucket_boundaries=(), info: dict | None = None) -> str:
+                       info: dict | None = None) -> str:
     """Writes the SavedModel to a temp dir, then swaps it in: readers never see half."""
     translator = Translator(model, source_model=source_model, target_model=target_model,
                             beam_size=beam_size, alpha=alpha,
                             max_input_length=max_input_length,
                             max_decode_length=max_decode_length, length_ratio=length_ratio,
-                            length_offset=length_offset, bucket_boundaries=bucket_boundaries)
+                            length_offset=length_offset)
     tmp = f"{export_dir.rstrip('/')}.tmp-{os.getpid()}"
     if tf.io.gfile.exists(tmp):
         tf.io.gfile.rmtree(tmp)

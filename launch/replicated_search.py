@@ -37,7 +37,10 @@ class ReplicatedSearch:
                 offset=length_offset, cap=max_decode_length)
             return tokens
 
-        self._search = tf.function(search, jit_compile=jit_compile)
+        # XLA compiles one decoder per padded length (bucket); without it one trace with a
+        # dynamic length serves every batch.
+        self._search = tf.function(search, jit_compile=jit_compile, input_signature=None
+                                   if jit_compile else [tf.TensorSpec([None, None], tf.int32)])
 
     def sync(self) -> None:
         """Copies the source model's (just restored) weights into the replicas' copy."""

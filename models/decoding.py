@@ -72,26 +72,33 @@ def buffer_lengths(length, *, chunk):
     return sizes + [int(length)]
 
 
-def _in_phases(model, cond, body, loop_vars, *, cache_of, with_cache, length, chunk):
-    """`tf.while_loop(cond, body, loop_vars)` over at most `length` steps, with the model's
-    cache grown between phases (`buffer_lengths`). loop_vars = (i, ...) with i from 0;
-    `cache_of(vars)` reads the cache and `with_cache(vars, cache)` replaces it. The
-    cache in loop_vars must have been built with `first_buffer_length(...)` positions."""
-    sizes = buffer_lengths(length, chunk=chunk) if hasattr(model, "grow_cache") else [length]
+def _phase_lengths(model, length, *, chunk, bound):
+    """The cache's buffer length in each phase of the decoding loop (`buffer_lengths`).
+    A tensor `length` (outside XLA) takes its phases from the static `bound` >= it."""
+    if not hasattr(model, "grow_cache"):
+        return [length]
+    if isinstance(length, int):
+        return buffer_lengths(length, chunk=chunk)
+    if bound is None:
+        raise ValueError("a tensor max_decode_length needs a Python int length_bound")
+    return [tf.minimum(size, length) for size in buffer_lengths(bound, chunk=chunk)[:-1]] + [
+        length]
+
+
+def _in_phases(model, cond, body, loop_vars, *, cache_of, with_cache, phases):
+    """`tf.while_loop(cond, body, loop_vars)` with the model's cache grown between phases
+    to each of `phases` (`_phase_lengths`; the cache starts at the first). loop_vars =
+    (i, ...) with i from 0; `cache_of(vars)` reads the cache, `with_cache(vars, cache)`
+    replaces it."""
     done_steps = 0
-    for size in sizes:
-        if done_steps:
+    for k, size in enumerate(phases):
+        if k:
             loop_vars = with_cache(loop_vars, model.grow_cache(cache_of(loop_vars), size))
         loop_vars = tf.while_loop(
             lambda i, *rest, size=size: tf.logical_and(i < size, cond(i, *rest)), body,
             loop_vars, maximum_iterations=size - done_steps)
         done_steps = size
     return loop_vars
-
-
-def first_buffer_length(model, length, *, chunk):
-    """The cache length `init_cache` gets: the first phase's (see `_in_phases`)."""
-    return buffer_lengths(length, chunk=chunk)[0] if hasattr(model, "grow_cache") else length
 
 
 def length_penalty(length, alpha):
@@ -145,7 +152,7 @@ def _static_batch(inputs):
 
 def _write_column(sequences, index, values):
     """sequences[..., index] = values, for a scalar tensor index (static shapes)."""
-    at_index = tf.equal(tf.range(sequences.shape[-1]), index)
+    at_index = tf.equal(tf.range(tf.shape(sequences)[-1]), index)
     return tf.where(at_index, values[..., None], sequences)
 
 
@@ -167,27 +174,37 @@ def _limits(max_lengths, batch, length):
 
 def length_bounded_beam_search(model, inputs, *, beam_size, alpha, ratio, offset, cap,
                                 cache_chunk=32):
-    """Beam search whose buffers fit the batch's padded length (a static shape) and whose
-    sentences each stop at `sentence_limits`: the evaluator and the export both decode
-    this way, so a sentence's output does not depend on its batch.
+    """Beam search whose sentences each stop at `sentence_limits`, as the evaluator and
+    the export both decode, so a sentence's output does not depend on its batch.
+
+    Its buffers fit the batch: with a static source length (a bucket; XLA needs it) the
+    padded length's budget, one compiled decoder per bucket; with inputs of shape
+    [batch, None] (outside XLA) the longest sentence limit in the batch, one traced
+    decoder for every length.
 
     Returns:
-        tokens: [batch, max_decode_length(S)] int32; scores: [batch] float32.
+        tokens: [batch, buffer length] int32; scores: [batch] float32.
     """
     budget = dict(ratio=ratio, offset=offset, cap=cap)
+    limits = sentence_limits(inputs, pad_id=model.config.pad_id, **budget)
+    if inputs.shape[1] is not None:
+        length = max_decode_length(inputs.shape[1], **budget)
+    else:
+        length = tf.maximum(tf.reduce_max(limits), 1)  # 1 for an empty batch
     return beam_search(model, inputs, beam_size=beam_size, alpha=alpha,
-                       max_decode_length=max_decode_length(inputs.shape[1], **budget),
-                       max_lengths=sentence_limits(inputs, pad_id=model.config.pad_id,
-                                                   **budget), cache_chunk=cache_chunk)
+                       max_decode_length=length, max_lengths=limits,
+                       cache_chunk=cache_chunk, length_bound=int(cap))
 
 
-def greedy_decode(model, inputs, *, max_decode_length, max_lengths=None, cache_chunk=32):
+def greedy_decode(model, inputs, *, max_decode_length, max_lengths=None, cache_chunk=32,
+                  length_bound=None):
     """Decodes by taking the most likely token at every step.
 
     Args:
         model: a model with the shared interface.
         inputs: [batch, S] int32 source ids.
-        max_decode_length: Python int, number of tokens generated at most (buffer size).
+        max_decode_length: number of tokens generated at most (buffer size): a Python
+            int, or outside XLA a scalar int32 tensor with a Python int `length_bound`.
         max_lengths: optional [batch] int, a smaller limit per sentence
             (`sentence_limits`); a sentence stops there as at the buffer's end.
         cache_chunk: the model cache's first length (see "Growing caches" above).
@@ -200,8 +217,8 @@ def greedy_decode(model, inputs, *, max_decode_length, max_lengths=None, cache_c
     config = model.config
     inputs = tf.convert_to_tensor(inputs, tf.int32)
     batch = _static_batch(inputs)
-    cache = model.init_cache(model.encode(inputs, training=False),
-                             first_buffer_length(model, max_decode_length, chunk=cache_chunk))
+    phases = _phase_lengths(model, max_decode_length, chunk=cache_chunk, bound=length_bound)
+    cache = model.init_cache(model.encode(inputs, training=False), phases[0])
     tokens = tf.fill([batch], config.bos_id)
     sequences = tf.fill([batch, max_decode_length], config.pad_id)
     finished = tf.zeros([batch], tf.bool)
@@ -224,13 +241,12 @@ def greedy_decode(model, inputs, *, max_decode_length, max_lengths=None, cache_c
 
     _, _, _, sequences, _, scores = _in_phases(
         model, cond, body, (tf.constant(0), tokens, cache, sequences, finished, scores),
-        cache_of=lambda v: v[2], with_cache=lambda v, c: (*v[:2], c, *v[3:]),
-        length=max_decode_length, chunk=cache_chunk)
+        cache_of=lambda v: v[2], with_cache=lambda v, c: (*v[:2], c, *v[3:]), phases=phases)
     return sequences, scores
 
 
 def beam_search(model, inputs, *, beam_size, alpha, max_decode_length, max_lengths=None,
-                cache_chunk=32):
+                cache_chunk=32, length_bound=None):
     """Batched beam search with GNMT length normalization.
 
     Each step ranks the 2 * beam_size best extensions of the alive hypotheses. Those
@@ -260,7 +276,8 @@ def beam_search(model, inputs, *, beam_size, alpha, max_decode_length, max_lengt
         inputs: [batch, S] int32 source ids.
         beam_size: hypotheses kept per sentence (Python int).
         alpha: length-penalty exponent (>= 0); 0 ranks by plain log-probability.
-        max_decode_length: Python int, number of tokens generated at most (buffer size).
+        max_decode_length: number of tokens generated at most (buffer size): a Python
+            int, or outside XLA a scalar int32 tensor with a Python int `length_bound`.
         max_lengths: optional [batch] int, a smaller limit per sentence
             (`sentence_limits`).
         cache_chunk: the model cache's first length (see "Growing caches" above).
@@ -272,9 +289,8 @@ def beam_search(model, inputs, *, beam_size, alpha, max_decode_length, max_lengt
     config = model.config
     inputs = tf.convert_to_tensor(inputs, tf.int32)
     batch, beam, length = _static_batch(inputs), beam_size, max_decode_length
-    cache = model.init_cache(model.encode(inputs, training=False),
-                             first_buffer_length(model, length, chunk=cache_chunk),
-                             beam_size=beam)
+    phases = _phase_lengths(model, length, chunk=cache_chunk, bound=length_bound)
+    cache = model.init_cache(model.encode(inputs, training=False), phases[0], beam_size=beam)
     # Beam-major offsets turn per-sentence beam indices into rows of the flat cache.
     row_offsets = (tf.range(batch) * beam)[:, None]
     # Candidates: the top 2 * beam, then the greedy extension. EOS may finish from the
@@ -385,7 +401,7 @@ def beam_search(model, inputs, *, beam_size, alpha, max_decode_length, max_lengt
     _, state = _in_phases(model, cond, body, (tf.constant(0), state),
                           cache_of=lambda v: v[1]["cache"],
                           with_cache=lambda v, c: (v[0], dict(v[1], cache=c)),
-                          length=length, chunk=cache_chunk)
+                          phases=phases)
     return state["finished_seq"][:, 0], state["finished_score"][:, 0]
 
 

@@ -312,9 +312,14 @@ class Transformer(layers.VocabularyOutput, keras.Model):
         return cache
 
     def grow_cache(self, cache, length):
-        """The same decoding state with room for `length` positions (a Python int, at
-        least the current buffer length): the new slots are empty and unread."""
-        extra = int(length) - cache["history"].shape[2]
+        """The same decoding state with room for `length` positions (at least the current
+        buffer length; a Python int keeps shapes static): the new slots are empty and
+        unread."""
+        current = cache["history"].shape[2]
+        if isinstance(length, int) and current is not None:
+            extra = length - current
+        else:
+            extra = length - tf.shape(cache["history"])[2]
         grown = dict(cache, history=tf.pad(cache["history"], [[0, 0], [0, 0], [0, extra]]))
         for i in range(len(self.decoder_layers)):
             for name in (f"key_{i}", f"value_{i}"):

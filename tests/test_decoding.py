@@ -349,3 +349,27 @@ def test_growing_caches_give_the_outputs_of_one_full_buffer(jit):
         np.testing.assert_array_equal(phased[0].numpy(), full[0].numpy())
         np.testing.assert_allclose(phased[1].numpy(), full[1].numpy(), atol=1e-5)
         assert max(output_length(row) for row in full[0].numpy()) > 6  # reached the last phase
+
+
+@pytest.mark.parametrize("name", sorted(MODELS))
+def test_one_dynamic_trace_decodes_every_length_as_the_static_decoder(name):
+    """Outside XLA one trace with a dynamic source length serves every batch, its
+    buffers sized by the batch's longest limit, and matches the per-bucket decoder."""
+    model = build(name)
+    budget = dict(beam_size=3, alpha=0.6, ratio=2.0, offset=4, cap=40, cache_chunk=4)
+    dynamic = tf.function(lambda x: decoding.length_bounded_beam_search(model, x, **budget),
+                          input_signature=[tf.TensorSpec([None, None], tf.int32)])
+    for width in (3, 5, 9):
+        inputs = sources(7, rows=4, width=width)
+        static_tokens, static_scores = decoding.length_bounded_beam_search(model, inputs,
+                                                                           **budget)
+        tokens, scores = dynamic(inputs)
+        longest_limit = int(np.max(decoding.sentence_limits(
+            inputs, pad_id=PAD, ratio=2.0, offset=4, cap=40)))
+        assert tokens.shape == (4, longest_limit)
+        assert static_tokens.shape == (4, decoding.max_decode_length(width, ratio=2.0,
+                                                                      offset=4, cap=40))
+        np.testing.assert_array_equal(static_tokens[:, :longest_limit].numpy(), tokens.numpy())
+        assert (static_tokens[:, longest_limit:].numpy() == PAD).all()
+        np.testing.assert_allclose(scores.numpy(), static_scores.numpy(), atol=1e-5)
+    assert dynamic.experimental_get_tracing_count() == 1
