@@ -37,10 +37,12 @@ class ReplicatedSearch:
                 offset=length_offset, cap=max_decode_length)
             return tokens
 
-        # XLA compiles one decoder per padded length (bucket); without it one trace with a
-        # dynamic length serves every batch.
-        self._search = tf.function(search, jit_compile=jit_compile, input_signature=None
-                                   if jit_compile else [tf.TensorSpec([None, None], tf.int32)])
+        # XLA compiles one decoder per padded length (bucket); without it, on one device,
+        # one trace with a dynamic length serves every batch (strategy.run passes
+        # per-replica values, which an input signature does not take).
+        dynamic = not jit_compile and self.model is model
+        self._search = tf.function(search, jit_compile=jit_compile, input_signature=[
+            tf.TensorSpec([None, None], tf.int32)] if dynamic else None)
 
     def sync(self) -> None:
         """Copies the source model's (just restored) weights into the replicas' copy."""

@@ -1,4 +1,9 @@
-"""s2s-translate: lines from a file or stdin -> translations on stdout, in batches."""
+"""s2s-translate: lines from a file or stdin -> translations on stdout, line for line.
+
+Lines are read in windows of --window, translated in batches of similar length (a batch
+runs until its longest sentence is done, so mixing lengths wastes most of it), and
+written back in input order.
+"""
 
 import sys
 
@@ -8,25 +13,44 @@ flags.DEFINE_string("model", None, "Export directory (s2s-evaluate's export/best
                     "s2s-export's --export_dir).")
 flags.DEFINE_string("input", "-", "Input file, one sentence per line; '-' reads stdin.")
 flags.DEFINE_integer("batch_size", 32, "Sentences per call to the SavedModel.")
+flags.DEFINE_integer("window", 1024, "Lines read before translating; they are batched by "
+                     "length within it. 1 translates each line as soon as it is read.")
 flags.mark_flags_as_required(["model"])
 FLAGS = flags.FLAGS
 
 
-def batches(lines, size: int):
-    batch = []
+def windows(lines, size: int):
+    """The input lines without their newline, `size` at a time."""
+    window = []
     for line in lines:
-        batch.append(line.rstrip("\n"))
-        if len(batch) == size:
-            yield batch
-            batch = []
-    if batch:
-        yield batch
+        window.append(line.rstrip("\n"))
+        if len(window) == size:
+            yield window
+            window = []
+    if window:
+        yield window
+
+
+def length_sorted_batches(texts: list[str], size: int) -> list[list[int]]:
+    """Indices of `texts` in batches of `size`, shortest first (words as the length)."""
+    order = sorted(range(len(texts)), key=lambda i: (len(texts[i].split()), len(texts[i]), i))
+    return [order[first:first + size] for first in range(0, len(order), size)]
+
+
+def translate_window(translate, texts: list[str], batch_size: int) -> list[str]:
+    """Translations of `texts`, in their order."""
+    import tensorflow as tf
+
+    out = [""] * len(texts)
+    for rows in length_sorted_batches(texts, batch_size):
+        outputs = translate(inputs=tf.constant([texts[i] for i in rows]))["translations"]
+        for index, text in zip(rows, outputs.numpy()):
+            out[index] = text.decode("utf-8")
+    return out
 
 
 def main(argv):
     del argv
-    import tensorflow as tf
-
     from launch import export
     try:
         translate = export.load_translator(FLAGS.model)
@@ -40,9 +64,9 @@ def main(argv):
               file=sys.stderr)
         sys.exit(2)
     with stream:
-        for batch in batches(stream, FLAGS.batch_size):
-            outputs = translate(inputs=tf.constant(batch))["translations"].numpy()
-            sys.stdout.write("".join(text.decode("utf-8") + "\n" for text in outputs))
+        for window in windows(stream, max(1, FLAGS.window)):
+            translations = translate_window(translate, window, FLAGS.batch_size)
+            sys.stdout.write("".join(text + "\n" for text in translations))
             sys.stdout.flush()
 
 

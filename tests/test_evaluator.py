@@ -298,12 +298,16 @@ def test_translate_cli_reads_stdin(trained, tmp_path):
     result = run_cli(["-m", "launch.export", f"--workdir={workdir}", f"--data_dir={data_dir}",
                       f"--export_dir={export_dir}"])
     assert result.returncode == 0, result.stderr[-3000:]
+    inputs = ["a b c d e f", "h a g", "b e d c a b", "c", "a b"]
     result = run_cli(["-m", "launch.translate", f"--model={export_dir}", "--batch_size=2"],
-                     input="abc\nhag bed\ncab\n")
+                     input="".join(line + "\n" for line in inputs))
     assert result.returncode == 0, result.stderr[-3000:]
-    lines = result.stdout.splitlines()
-    assert len(lines) == 3
-    assert all(line.strip() for line in lines)
+    # Batched by length, written back in input order: line i translates input line i.
+    serve = export.load_translator(export_dir)
+    alone = [serve(inputs=tf.constant([line]))["translations"].numpy()[0].decode()
+             for line in inputs]
+    assert result.stdout.splitlines() == alone
+    assert len(set(alone)) == len(inputs)  # distinct outputs: a misplaced line would show
 
 
 def test_translate_cli_refuses_a_directory_that_is_not_an_export(tmp_path):
