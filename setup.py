@@ -21,6 +21,8 @@ PREPROCESS = [
     "google-cloud-storage>=2.18",
 ]
 EVALUATE = ["sacrebleu>=2.4,<3"]
+# s2s-export --format=ctranslate2 (launch/ctranslate2_export.py).
+CTRANSLATE2 = ["ctranslate2>=4.5,<5"]
 # launch/cloud: publishing to GCS and the manifests / job specs it prints (in the image).
 CLOUD = ["google-cloud-storage>=2.18", "PyYAML>=6"]
 # Authoring the retraining DAG and pipeline (Airflow, Kubeflow); not needed in the image.
@@ -42,11 +44,12 @@ setup(
     extras_require={
         "preprocess": PREPROCESS,
         "evaluate": EVALUATE,
+        "ctranslate2": CTRANSLATE2,
         "dataflow": ["apache-beam[gcp]>=2.60,<3"],
         "cloud": CLOUD,
         "orchestrate": ORCHESTRATE,
         "test": TEST,
-        "all": PREPROCESS + EVALUATE + CLOUD + ORCHESTRATE + TEST,
+        "all": PREPROCESS + EVALUATE + CTRANSLATE2 + CLOUD + ORCHESTRATE + TEST,
     },
     entry_points={
         "console_scripts": [

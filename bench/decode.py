@@ -7,7 +7,8 @@ Real data: decodes a split with the workdir's latest checkpoint through the eval
 path and through the exported SavedModel (distinct sources, shortest first, in the
 evaluator's batches, with the config's beam size and alpha), and prints one JSON line: sentences/s and
 target tokens/s of each, BLEU (and WER/PER for G2P) of each, which must be equal, and
-the peak RSS.
+the peak RSS. With --ctranslate2 the same for the CTranslate2 conversion of the weights
+(`s2s-export --format=ctranslate2`), the speed to chase.
 
 Synthetic mode:
 
@@ -144,12 +145,13 @@ def real_data(args) -> dict:
             for index, text in zip(rows, out.numpy()):
                 exported[index] = text.decode()
         export_s = time.perf_counter() - began
-    scores = {name: evaluator.score(hyps, references, g2p=g2p)
-              for name, hyps in (("evaluator", hypotheses), ("savedmodel", exported))}
+    contenders = [("evaluator", hypotheses, evaluator_s), ("savedmodel", exported, export_s)]
+    if args.ctranslate2:
+        contenders.append(("ctranslate2", *ctranslate2_decode(run, sources, source_ids)))
+    scores = {name: evaluator.score(hyps, references, g2p=g2p) for name, hyps, _ in contenders}
     figures = {"split": args.split, "sentences": len(sources),
                "identical_hypotheses": sum(a == b for a, b in zip(hypotheses, exported))}
-    for name, hyps, seconds in (("evaluator", hypotheses, evaluator_s),
-                                ("savedmodel", exported, export_s)):
+    for name, hyps, seconds in contenders:
         figures[f"{name}_sentences_per_s"] = round(len(sources) / seconds, 1)
         figures[f"{name}_target_tokens_per_s"] = round(tokens_in(hyps) / seconds, 1)
         for metric in ("bleu", "wer", "per"):
@@ -162,12 +164,49 @@ def real_data(args) -> dict:
     return figures
 
 
+def ctranslate2_decode(run, sources, source_ids) -> tuple[list[str], float]:
+    """(hypotheses, seconds) of the CTranslate2 conversion of the same weights, in the
+    evaluator's batches, with the same beam size and per-batch output limit (its own
+    length normalization), on this machine's cores."""
+    import tempfile
+
+    import ctranslate2
+    import sentencepiece as spm
+
+    from launch import ctranslate2_export, evaluator
+
+    source = spm.SentencePieceProcessor(model_proto=run.source_tokenizer.model)
+    target = spm.SentencePieceProcessor(model_proto=run.target_tokenizer.model)
+    decode = run.config.decode
+    hypotheses = [""] * len(sources)
+    with tempfile.TemporaryDirectory() as directory:
+        ctranslate2_export.export_ctranslate2(
+            run.model, source_model=run.source_tokenizer.model,
+            target_model=run.target_tokenizer.model, output_dir=directory)
+        translator = ctranslate2.Translator(directory, device="cpu",
+                                            intra_threads=os.cpu_count())
+        began = time.perf_counter()
+        for rows, _ in evaluator.length_batches([len(ids) for ids in source_ids],
+                                                **evaluator.batching(run)):
+            limit = max(int(np.ceil(decode.max_length_ratio * len(source_ids[i])
+                                    + decode.max_length_offset)) for i in rows)
+            results = translator.translate_batch(
+                [source.encode(sources[i], out_type=str) for i in rows],
+                beam_size=decode.beam_size, max_decoding_length=limit)
+            for index, result in zip(rows, results):
+                hypotheses[index] = target.decode(result.hypotheses[0])
+        return hypotheses, time.perf_counter() - began
+
+
 def main(argv=None):
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--workdir", help="Real data: a trained s2s-train workdir.")
     parser.add_argument("--data_dir", help="Real data: its s2s-preprocess output.")
     parser.add_argument("--split", default="test", help="Real data: the split to decode.")
     parser.add_argument("--jit", action="store_true", help="Real data: XLA beam search.")
+    parser.add_argument("--ctranslate2", action="store_true",
+                        help="Real data: also the CTranslate2 conversion (its own beam "
+                             "length normalization, so its BLEU may differ).")
     parser.add_argument("--batch_size", type=int, default=32)
     parser.add_argument("--source_length", type=int, default=20)
     parser.add_argument("--max_length", type=int, default=50, help="tokens decoded")

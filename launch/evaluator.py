@@ -423,13 +423,21 @@ def evaluate(*, workdir: str, data_dir: str, split: str = "dev", watch: bool = F
 
 def export_checkpoint(*, workdir: str, data_dir: str, export_dir: str, checkpoint: str = "",
                       average_last: int = 1, beam_size: int | None = None,
-                      alpha: float | None = None) -> str:
-    """s2s-export: one checkpoint (or an average) to a SavedModel, without scoring."""
+                      alpha: float | None = None, export_format: str = "savedmodel",
+                      quantization: str | None = None) -> str:
+    """s2s-export: one checkpoint (or an average) to a SavedModel, or to a CTranslate2
+    model directory with export_format="ctranslate2", without scoring."""
     run = load_run(workdir=workdir, data_dir=data_dir)
     path = checkpoint or tf.train.latest_checkpoint(checkpoints.directory(workdir))
     if not path:
         raise EvaluationError(f"{workdir} holds no checkpoint to export")
     restore(run, recent_checkpoints(workdir, upto=path, count=average_last))
+    if export_format == "ctranslate2":
+        from launch import ctranslate2_export
+        return ctranslate2_export.export_ctranslate2(
+            run.model, source_model=run.source_tokenizer.model,
+            target_model=run.target_tokenizer.model, output_dir=export_dir,
+            quantization=quantization)
     return export.export_saved_model(
         run.model, source_model=run.source_tokenizer.model,
         target_model=run.target_tokenizer.model, export_dir=export_dir,

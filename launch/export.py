@@ -109,7 +109,8 @@ def main(argv):
         path = evaluator.export_checkpoint(
             workdir=FLAGS.workdir, data_dir=FLAGS.data_dir, export_dir=FLAGS.export_dir,
             checkpoint=FLAGS.checkpoint, average_last=FLAGS.average_last,
-            beam_size=FLAGS.beam_size, alpha=FLAGS.alpha)
+            beam_size=FLAGS.beam_size, alpha=FLAGS.alpha, export_format=FLAGS.format,
+            quantization=FLAGS.quantization)
     except (ValueError, evaluator.EvaluationError) as error:
         print(f"s2s-export: error: {error}", file=sys.stderr)
         sys.exit(2)
@@ -125,6 +126,12 @@ def run():
     flags.DEFINE_integer("average_last", 1, "Average the weights of the last N checkpoints.")
     flags.DEFINE_integer("beam_size", None, "Default: the training config's decode.beam_size.")
     flags.DEFINE_float("alpha", None, "Default: the training config's decode.alpha.")
+    flags.DEFINE_enum("format", "savedmodel", ["savedmodel", "ctranslate2"],
+                      "savedmodel: strings in, strings out, plain TensorFlow. ctranslate2: "
+                      "a CTranslate2 model directory (Transformer only; beam size and "
+                      "alpha are chosen when translating).")
+    flags.DEFINE_string("quantization", None, "--format=ctranslate2: int8, int8_float32, "
+                        "bfloat16, ... (default: float32 weights).")
     flags.mark_flags_as_required(["workdir", "data_dir", "export_dir"])
     app.run(main)
 

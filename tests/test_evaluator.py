@@ -292,6 +292,46 @@ def test_data_parallel_and_compiled_decoding_give_the_one_device_hypotheses(trai
     assert rows["other"]["bleu"] == rows["one"]["bleu"]
 
 
+def test_ctranslate2_export_decodes_greedily_as_our_decoder(trained, tmp_path):
+    """The converted weights compute what ours do: CTranslate2's greedy search returns
+    our greedy search's pieces for every dev source."""
+    import ctranslate2
+    import sentencepiece as spm
+
+    from models import decoding
+
+    data_dir, workdir = trained
+    export_dir = str(tmp_path / "ct2")
+    result = run_cli(["-m", "launch.export", f"--workdir={workdir}", f"--data_dir={data_dir}",
+                      f"--export_dir={export_dir}", "--format=ctranslate2"])
+    assert result.returncode == 0, result.stderr[-3000:]
+    run = evaluator.load_run(workdir=workdir, data_dir=data_dir)
+    evaluator.restore(run, [tf.train.latest_checkpoint(os.path.join(workdir, "checkpoints"))])
+    sources, _, source_ids = evaluator.read_split(run, split="dev", data_dir=data_dir)
+    pieces = spm.SentencePieceProcessor(model_proto=run.source_tokenizer.model)
+    translator = ctranslate2.Translator(export_dir, device="cpu", intra_threads=1)
+    theirs = translator.translate_batch([pieces.encode(s, out_type=str) for s in sources],
+                                        beam_size=1, max_decoding_length=16)
+    ours, _ = decoding.greedy_decode(run.model, evaluator.padded_batch(
+        source_ids, size=len(source_ids), boundaries=(), pad_id=0, eos_id=1),
+        max_decode_length=16)
+    target = spm.SentencePieceProcessor(model_proto=run.target_tokenizer.model)
+    expected = [[target.id_to_piece(int(t)) for t in row if t not in (0, 1)]
+                for row in ours.numpy()]
+    assert [r.hypotheses[0] for r in theirs] == expected
+    assert len(expected) == 32 and all(expected)
+
+
+def test_ctranslate2_export_refuses_the_lstm(tmp_path):
+    from launch import ctranslate2_export
+    model = evaluator.models.build_model(
+        dict(name="lstm_attention", num_encoder_layers=1, num_decoder_layers=1, embed_dim=8,
+             hidden_dim=8), vocab_size=11, pad_id=0, eos_id=1, bos_id=3)
+    with pytest.raises(ctranslate2_export.ConversionError, match="only the Transformer"):
+        ctranslate2_export.transformer_spec(model, source_pieces=[], target_pieces=[],
+                                            bos="<s>", eos="</s>", unk="<unk>")
+
+
 def test_translate_cli_reads_stdin(trained, tmp_path):
     data_dir, workdir = copy_workdir(trained, tmp_path)
     export_dir = str(tmp_path / "exported")
