@@ -18,6 +18,9 @@ def get_config() -> ml_collections.ConfigDict:
     config.data.tokens_per_batch = 2048
     config.data.bucket_boundaries = ()  # empty: use metadata.json's suggested boundaries
     config.data.max_length = 0  # 0: the largest bucket boundary; longer pairs are skipped
+    # Refuse to train when more than this share of the split would be skipped as too long
+    # (judged from metadata.json at start, else from the first pairs read).
+    config.data.max_dropped_fraction = 0.01
     config.data.shuffle_buffer = 8192  # examples held for shuffling (part of the checkpoint)
     config.data.split = "train"  # which split of --data_dir to train on
     # True: pad every batch to its bucket boundary. Always so under jit_compile and TPU

@@ -385,6 +385,7 @@ def evaluate(*, workdir: str, data_dir: str, split: str = "dev", watch: bool = F
     replicas and XLA-compiled with jit_compile.
     """
     run = load_run(workdir=workdir, data_dir=data_dir)
+    dataset.verified_shard_files(data_dir, split, metadata=run.metadata, count_records=True)
     search = make_search(run, beam_size=beam_size or run.config.decode.beam_size,
                          alpha=run.config.decode.alpha if alpha is None else alpha,
                          strategy=strategy, jit_compile=jit_compile)

@@ -189,13 +189,16 @@ class Trainer:
             # Keras 3 under MirroredStrategy: build the optimizer in scope before tf.function.
             self.optimizer.build(self.model.trainable_variables)
             self.step = tf.Variable(0, dtype=tf.int64, trainable=False, name="step")
+        self.length_skips = dataset.LengthSkips(  # refuses to start when too many
+            dataset.load_metadata(data_dir), split=data.split,
+            longest=max(data.bucket_boundaries), max_fraction=data.max_dropped_fraction)
         self.dataset = dataset.make_train_dataset(
             data_dir=data_dir, split=data.split, boundaries=data.bucket_boundaries,
             tokens_per_batch=max(data.tokens_per_batch // num_workers, 1),
             batch_multiple=self.local_replicas, shuffle_buffer=data.shuffle_buffer,
             seed=train.seed + worker_index, num_input_pipelines=num_workers,
             input_pipeline_id=worker_index, static_shapes=self._static_shapes,
-            bucket_by_both_lengths=data.bucket_by_both_lengths)
+            bucket_by_both_lengths=data.bucket_by_both_lengths, length_skips=self.length_skips)
         self.iterator = iter(self.dataset)
         self.checkpoint = tf.train.Checkpoint(
             model=checkpoints.variables_by_index(self.model.variables),
@@ -446,7 +449,9 @@ def train(config, *, workdir: str, data_dir: str,
                            config.train.num_steps, step + steps_per_call)
             began = time.perf_counter()
             with _peer_failures_as_peer_lost(num_workers,
-                                             during=f"steps {step + 1}-{boundary}"):
+                                             during=f"steps {step + 1}-{boundary}"), \
+                    dataset.explaining_read_errors(data_dir=data_dir, split=config.data.split,
+                                                   length_skips=trainer.length_skips):
                 stats = trainer.run_loop(boundary - step)
                 elapsed = time.perf_counter() - began
                 notified, seconds_per_step = fleet.decide_after_call(
@@ -454,6 +459,7 @@ def train(config, *, workdir: str, data_dir: str,
             history.extend(stats)
             progress.record(stats, first_step=step + 1, seconds=elapsed)
             step = boundary
+            trainer.length_skips.report(step)
             steps_per_call = _steps_per_call(config, seconds_per_step)
             if (step % config.train.checkpoint_every_steps == 0
                     or step == config.train.num_steps or notified):
