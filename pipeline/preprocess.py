@@ -10,6 +10,7 @@ same command runs locally or on Dataflow. `build_pipeline` is the library entry 
 
 import contextlib
 import dataclasses
+import fnmatch
 import json
 import logging as std_logging
 import math
@@ -17,6 +18,8 @@ import os
 import re
 import shutil
 import sys
+import time
+import uuid
 from typing import Mapping, Optional, Sequence
 
 import apache_beam as beam
@@ -32,10 +35,17 @@ DEFAULT_LOCAL_RUNNER = "FnApiRunner"
 BATCH_SIZE = 2048  # records per Beam element: amortizes per-element cost, keeps bundles small
 SHARD_TARGET_BYTES = 128 << 20  # auto sharding: about one shard per 128 MiB of input
 MIN_TRAIN_SHARDS = 4  # lets up to 4 trainer hosts read whole files even for tiny data
-# Files an earlier run may have left; --overwrite deletes exactly these, nothing else.
+# Files a run writes to output_dir (and transforms.DEAD_LETTER_FILE); --overwrite replaces
+# exactly these and leaves any other file alone.
 _OUTPUT_PATTERNS = tuple(features.shard_pattern(split) for split in features.SPLITS) + (
-    ".*.tmp-*", features.METADATA_FILE, tokenizer_lib.SHARED_MODEL_FILE,
+    features.METADATA_FILE, tokenizer_lib.SHARED_MODEL_FILE,
     tokenizer_lib.SOURCE_MODEL_FILE, tokenizer_lib.TARGET_MODEL_FILE)
+# A run is written to a staging dir inside output_dir and moved into place at the end.
+_STAGING_PREFIX = ".preprocess-staging-"
+_STAGING_DIR = re.compile(r"\.preprocess-staging-[0-9a-f]{32}")
+_STARTED_FILE = "_STARTED"  # first file of a staging dir: its mtime is the attempt's start
+# transforms._temp_name: ".{output name}.tmp-{uuid4 hex}", renamed into place when complete.
+_TEMP_FILE = re.compile(r"\.(?P<name>.+)\.tmp-[0-9a-f]{32}")
 
 
 class PreprocessError(ValueError):
@@ -72,7 +82,9 @@ def build_pipeline(pipeline: beam.Pipeline, *, train: Sequence[str], dev: Sequen
     Checks everything it can on the driver first (specs, files, parallel line counts, a given
     tokenizer, the output dir) and raises PreprocessError / SourceError / TokenizerError
     before writing anything. Then it prepares output_dir: outputs of an earlier run (completed
-    or not) are refused unless overwrite=True, which deletes them (_COMPLETED first).
+    or not) are refused unless overwrite=True. The job writes into a staging dir inside
+    output_dir; its last step (publish_staged_output) replaces the earlier run's files, so a
+    job that fails before then leaves them as they were.
     """
     fractions = _check_settings(dev=dev, test=test, split_fractions=split_fractions,
                                 vocab_size=vocab_size, model_type=model_type,
@@ -90,18 +102,21 @@ def build_pipeline(pipeline: beam.Pipeline, *, train: Sequence[str], dev: Sequen
     if tokenizer_model:
         tokenizer = _given_tokenizer(tokenizer_model, tokenizer)
     shards = _num_shards(units, fractions, requested=num_shards)
-    _prepare_output_dir(output_dir, overwrite=overwrite)
-    logging.info("preprocess: %s -> %s (shards %s)", specs, output_dir, shards)
+    staging_dir = _prepare_output_dir(output_dir, overwrite=overwrite)
+    logging.info("preprocess: %s -> %s (shards %s, staged in %s)", specs, output_dir, shards,
+                 staging_dir)
     plan = JobPlan(
         units=tuple(unit for split in features.SPLITS for unit in units[split]),
         fractions=fractions, check_overlaps=bool(dev or test), tokenizer=tokenizer,
         output=transforms.OutputSettings(
-            output_dir=output_dir, num_shards=shards, max_length=max_length,
+            output_dir=staging_dir, num_shards=shards, max_length=max_length,
             max_length_ratio=max_length_ratio,
             sources={split: spec_list for split, spec_list in specs.items() if spec_list},
             split_fractions=dict(split_fractions or {}) or None),
         max_length_ratio=max_length_ratio, batch_size=batch_size)
-    return add_transforms(pipeline, plan)
+    return (add_transforms(pipeline, plan)
+            | "Publish" >> beam.Map(publish_staged_output, staging_dir=staging_dir,
+                                    output_dir=output_dir).with_output_types(dict))
 
 
 def add_transforms(pipeline: beam.Pipeline, plan: JobPlan) -> beam.PCollection:
@@ -157,6 +172,7 @@ def add_transforms(pipeline: beam.Pipeline, plan: JobPlan) -> beam.PCollection:
 def preprocess(*, pipeline_options: PipelineOptions, **job) -> dict:
     """Builds and runs the job (keyword arguments as build_pipeline); returns metadata.json."""
     pipeline = beam.Pipeline(options=pipeline_options)
+    earlier_stamp = _completed_stamp(job.get("output_dir"))
     try:
         build_pipeline(pipeline, **job)
     except Exception:  # Pipeline.run() removes its temp dir; a job that never runs must too
@@ -167,12 +183,15 @@ def preprocess(*, pipeline_options: PipelineOptions, **job) -> dict:
             result = pipeline.run()
             state = result.wait_until_finish()
     except Exception as error:  # a worker failure comes back as one long traceback string
+        left = _left_after_failure(job["output_dir"], earlier_stamp=earlier_stamp)
         user_error = _user_error_in(error)
         if user_error:
-            raise PreprocessError(user_error) from None
+            raise PreprocessError(f"{user_error}; {left}") from None
+        error.add_note(f"s2s-preprocess: {left}")
         raise
     if state not in (None, beam.runners.runner.PipelineState.DONE):
-        raise PreprocessError(f"the Beam job ended in state {state}")
+        left = _left_after_failure(job["output_dir"], earlier_stamp=earlier_stamp)
+        raise PreprocessError(f"the Beam job ended in state {state}; {left}")
     return read_metadata(job["output_dir"])
 
 
@@ -308,38 +327,226 @@ def _num_shards(units: Mapping[str, list], fractions, *, requested: int) -> dict
     return shards
 
 
-def _prepare_output_dir(output_dir: str, *, overwrite: bool) -> None:
-    """Refuses to replace earlier outputs unless overwrite; then deletes them, marker first.
+def _prepare_output_dir(output_dir: str, *, overwrite: bool) -> str:
+    """Refuses to replace earlier outputs unless overwrite; returns this attempt's staging dir.
 
     A completed run is refused, and so is the debris of an unfinished one (shards,
-    metadata, models): deleting files needs the user's --overwrite.
+    metadata, models): replacing them needs the user's --overwrite. Nothing of theirs is
+    deleted here: they stay readable until publish_staged_output replaces them at the end.
+    Temp files and staging dirs that earlier attempts left behind are removed.
     """
     import tensorflow as tf
     completed = os.path.join(output_dir, features.COMPLETED_FILE)
-    dead_letters = os.path.join(output_dir, transforms.DEAD_LETTER)
     try:
         if tf.io.gfile.exists(completed) and not overwrite:
             raise PreprocessError(f"{output_dir} already holds a completed preprocess run; "
                                   "pass --overwrite to replace it")
-        old_outputs = [path for pattern in _OUTPUT_PATTERNS
-                       for path in tf.io.gfile.glob(os.path.join(output_dir, pattern))]
-        if tf.io.gfile.isdir(dead_letters):
-            old_outputs.append(dead_letters)
+        old_outputs = _earlier_outputs(output_dir)
         if old_outputs and not overwrite:
             raise PreprocessError(f"{output_dir} holds outputs of an unfinished earlier run "
-                                  f"(e.g. {os.path.basename(old_outputs[0])}); pass "
-                                  "--overwrite to delete them")
-        if tf.io.gfile.exists(completed):
-            tf.io.gfile.remove(completed)  # from here on the directory reads as incomplete
-        for path in old_outputs:
-            if tf.io.gfile.isdir(path):
-                tf.io.gfile.rmtree(path)
-            else:
-                tf.io.gfile.remove(path)
-        tf.io.gfile.makedirs(output_dir)
+                                  f"(e.g. {old_outputs[0]}); pass --overwrite to replace them")
+        staging_dir = _start_staging_dir(output_dir)
+        _remove_stale_temps(output_dir, current_staging_dir=staging_dir)
     except tf.errors.OpError as error:
         raise PreprocessError(
             f"cannot prepare --output_dir {output_dir}: {error.message}") from None
+    return staging_dir
+
+
+def _completed_stamp(output_dir: Optional[str]) -> Optional[str]:
+    """The text of output_dir/_COMPLETED (its run's created_at), or None if there is none."""
+    import tensorflow as tf
+    if not output_dir:
+        return None
+    try:
+        with tf.io.gfile.GFile(os.path.join(output_dir, features.COMPLETED_FILE), "r") as stream:
+            return stream.read()
+    except tf.errors.OpError:
+        return None
+
+
+def _left_after_failure(output_dir: str, *, earlier_stamp: Optional[str]) -> str:
+    """What a failed job left in output_dir, in words for the end of its error message."""
+    import tensorflow as tf
+    stamp = _completed_stamp(output_dir)
+    if stamp is not None and stamp == earlier_stamp:
+        return f"{output_dir} still holds the earlier complete run, unchanged"
+    if stamp is not None:
+        return f"{output_dir} holds this run's complete output"
+    try:
+        leftovers = _earlier_outputs(output_dir)
+    except tf.errors.OpError as error:
+        return f"could not check {output_dir}: {error.message}"
+    if leftovers:
+        return (f"{output_dir} is incomplete (no {features.COMPLETED_FILE}): rerun with "
+                "--overwrite")
+    return f"nothing was published to {output_dir}"
+
+
+def _earlier_outputs(output_dir: str) -> list:
+    """Names (relative to output_dir) of the files a run wrote there; user files excluded."""
+    import tensorflow as tf
+    names = [name for name in _listdir(output_dir)
+             if any(fnmatch.fnmatchcase(name, pattern) for pattern in _OUTPUT_PATTERNS)]
+    if tf.io.gfile.exists(os.path.join(output_dir, transforms.DEAD_LETTER_FILE)):
+        names.append(transforms.DEAD_LETTER_FILE)
+    return sorted(names)
+
+
+def _start_staging_dir(output_dir: str) -> str:
+    """Creates this attempt's staging dir inside output_dir (same bucket, cheap renames)."""
+    import tensorflow as tf
+    staging_dir = os.path.join(output_dir, _STAGING_PREFIX + uuid.uuid4().hex)
+    tf.io.gfile.makedirs(staging_dir)
+    with tf.io.gfile.GFile(os.path.join(staging_dir, _STARTED_FILE), "w") as stream:
+        stream.write(time.strftime("%Y-%m-%dT%H:%M:%SZ\n", time.gmtime()))
+    return staging_dir
+
+
+def _remove_stale_temps(output_dir: str, *, current_staging_dir: str) -> list:
+    """Deletes the temp files and staging dirs that earlier attempts left in output_dir.
+
+    Only the project's own names (_TEMP_FILE of an output name, _STAGING_DIR), and only
+    those last written before this attempt started: a concurrent attempt's newer files stay.
+    The start is the mtime of this attempt's _STARTED file, so every time compared comes
+    from the storage's clock, never the driver's. Returns the deleted paths.
+    """
+    import tensorflow as tf
+    started = tf.io.gfile.stat(os.path.join(current_staging_dir, _STARTED_FILE)).mtime_nsec
+    current = os.path.basename(current_staging_dir)
+    dead_letter_dir = os.path.join(output_dir, transforms.DEAD_LETTER)
+    dead_letter_name = os.path.basename(transforms.DEAD_LETTER_FILE)
+    candidates = [os.path.join(output_dir, name) for name in _listdir(output_dir)
+                  if _is_temp_of(name, _OUTPUT_PATTERNS)
+                  or (_STAGING_DIR.fullmatch(name) and name != current)]
+    candidates += [os.path.join(dead_letter_dir, name) for name in _listdir(dead_letter_dir)
+                   if _is_temp_of(name, (dead_letter_name,))]
+    stale = [path for path in candidates if _newest_mtime_nsec(path) < started]
+    for path in stale:
+        logging.info("removing %s, left by an earlier attempt", path)
+        if tf.io.gfile.isdir(path):
+            tf.io.gfile.rmtree(path)
+        else:
+            tf.io.gfile.remove(path)
+    return stale
+
+
+def _is_temp_of(name: str, patterns: Sequence[str]) -> bool:
+    """True for transforms' temp name of a file matching one of `patterns`."""
+    temp = _TEMP_FILE.fullmatch(name)
+    return bool(temp) and any(fnmatch.fnmatchcase(temp.group("name"), pattern)
+                              for pattern in patterns)
+
+
+def _newest_mtime_nsec(path: str) -> int:
+    """mtime of a file, or of the newest file under a directory (0 for an empty one)."""
+    import tensorflow as tf
+    if not tf.io.gfile.isdir(path):
+        return tf.io.gfile.stat(path).mtime_nsec
+    return max((tf.io.gfile.stat(os.path.join(directory, name)).mtime_nsec
+                for directory, _, names in tf.io.gfile.walk(path) for name in names),
+               default=0)
+
+
+def _listdir(directory: str) -> list:
+    """Entry names of a directory ([] if there is none); gs:// marks dirs with a '/'."""
+    import tensorflow as tf
+    if not tf.io.gfile.isdir(directory):
+        return []
+    return [name.rstrip("/") for name in tf.io.gfile.listdir(directory)]
+
+
+def publish_staged_output(metadata: dict, *, staging_dir: str, output_dir: str) -> dict:
+    """Moves a complete staged run into output_dir, replacing an earlier run's files.
+
+    gs:// has no atomic directory rename, so _COMPLETED, written last, is the commit point.
+    The steps, each safe to repeat when the runner retries this one:
+      1. check that every file the metadata names is staged (or moved by an earlier try);
+      2. remove output_dir/_COMPLETED: from here until step 5 readers refuse the directory;
+      3. delete the earlier run's files that the new run does not replace (other shard
+         counts, a dead-letter file or model files the new run does not have);
+      4. rename every staged file into place, replacing the earlier file of the same name;
+      5. write _COMPLETED, then delete the staging dir.
+    A failure before step 2 leaves the earlier output complete and readable; one in steps
+    2-4 (only I/O errors are left by then) leaves a directory readers refuse, which a rerun
+    with --overwrite replaces.
+    """
+    import tensorflow as tf
+    names = _files_of_run(metadata)
+    try:
+        _check_staged(names, staging_dir=staging_dir, output_dir=output_dir)
+        _replace_earlier_run(names, staging_dir=staging_dir, output_dir=output_dir,
+                             created_at=metadata["created_at"])
+    except tf.errors.OpError as error:
+        raise PreprocessError(f"cannot publish the run staged in {staging_dir}: "
+                              f"{error.message}") from None
+    logging.info("published %d files to %s", len(names), output_dir)
+    return metadata
+
+
+def _check_staged(names: set, *, staging_dir: str, output_dir: str) -> None:
+    """Step 1: every file is staged, or in output_dir already when this is a retry."""
+    import tensorflow as tf
+    missing = sorted(name for name in names
+                     if not any(tf.io.gfile.exists(os.path.join(directory, name))
+                                for directory in (staging_dir, output_dir)))
+    if missing:
+        raise PreprocessError(f"the staged run in {staging_dir} lacks {', '.join(missing[:3])}; "
+                              f"{output_dir} was left as it was")
+
+
+def _replace_earlier_run(names: set, *, staging_dir: str, output_dir: str,
+                         created_at: str) -> None:
+    """Steps 2-5 of publish_staged_output; `names` are the new run's files."""
+    import tensorflow as tf
+    completed = os.path.join(output_dir, features.COMPLETED_FILE)
+    if tf.io.gfile.exists(completed):
+        tf.io.gfile.remove(completed)
+    for name in _earlier_outputs(output_dir):
+        if name not in names:
+            tf.io.gfile.remove(os.path.join(output_dir, name))
+    dead_letter_dir = os.path.join(output_dir, transforms.DEAD_LETTER)
+    if tf.io.gfile.isdir(dead_letter_dir) and not tf.io.gfile.listdir(dead_letter_dir):
+        tf.io.gfile.rmtree(dead_letter_dir)
+    for name in _staged_files(staging_dir):
+        _move_into_place(os.path.join(staging_dir, name), os.path.join(output_dir, name))
+    with tf.io.gfile.GFile(completed, "w") as stream:
+        stream.write(created_at + "\n")
+    if tf.io.gfile.isdir(staging_dir):
+        tf.io.gfile.rmtree(staging_dir)
+
+
+def _files_of_run(metadata: dict) -> set:
+    """Names (relative to the output dir) of every file a run's metadata.json describes."""
+    names = {transforms.shard_name(split, shard, count)
+             for split, count in metadata["num_shards"].items() for shard in range(count)}
+    names |= {metadata["tokenizer"][side]["path"] for side in ("source", "target")}
+    names.add(features.METADATA_FILE)
+    if metadata["dead_letter"]["count"]:
+        names.add(metadata["dead_letter"]["path"])
+    return names
+
+
+def _staged_files(staging_dir: str) -> list:
+    """Names (relative to staging_dir) of the staged outputs: markers and temps excluded."""
+    import tensorflow as tf
+    if not tf.io.gfile.isdir(staging_dir):
+        return []
+    root = staging_dir.rstrip("/") + "/"
+    found = []
+    for directory, _, names in tf.io.gfile.walk(staging_dir):
+        prefix = (directory.rstrip("/") + "/")[len(root):]
+        found += [prefix + name for name in names
+                  if not (_TEMP_FILE.fullmatch(name)
+                          or (not prefix and name in (_STARTED_FILE, features.COMPLETED_FILE)))]
+    return sorted(found)
+
+
+def _move_into_place(source: str, destination: str) -> None:
+    """One staged file into output_dir (on gs:// a copy then a delete; readers see it whole)."""
+    import tensorflow as tf
+    tf.io.gfile.makedirs(os.path.dirname(destination))
+    tf.io.gfile.rename(source, destination, overwrite=True)
 
 
 _USER_ERROR = re.compile(r"\b(?:SourceError|TokenizerError|PreprocessError): ([^\n]+)")
@@ -406,7 +613,8 @@ def define_flags(flag_values: flags.FlagValues = flags.FLAGS) -> None:
            "than this factor (when the shorter side has >= 3 tokens); 0 disables.")
     define("integer", "num_shards", 0, "Shards per split; 0 = about one per 128 MiB of input, "
            "at least 4 for train and 1 for dev/test.")
-    define("bool", "overwrite", False, "Replace a completed output directory.")
+    define("bool", "overwrite", False, "Replace the outputs of an earlier run in --output_dir "
+           "(they stay complete and readable until the new run has finished).")
     define("string", "tfds_data_dir", None, "data_dir of prepared TFDS datasets.")
     define("string", "gettext_locale_dir", sources.DEFAULT_LOCALE_DIR,
            "Where gettext:LANG looks for LANG/LC_MESSAGES/*.mo.")

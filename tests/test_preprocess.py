@@ -9,6 +9,7 @@ import struct
 import subprocess
 import sys
 import tempfile
+import time
 
 import apache_beam as beam
 import pytest
@@ -17,7 +18,7 @@ from absl import flags
 from apache_beam.options.pipeline_options import (DirectOptions, GoogleCloudOptions,
                                                   SetupOptions, StandardOptions)
 
-from pipeline import features, preprocess, sources, transforms
+from pipeline import dataset, features, preprocess, sources, transforms
 from pipeline import tokenizer as tokenizer_lib
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -385,3 +386,201 @@ def test_beam_pipeline_flags_pass_through():
     local = preprocess.pipeline_options_from_argv(["--direct_num_workers=2"])
     assert local.view_as(StandardOptions).runner == preprocess.DEFAULT_LOCAL_RUNNER
     assert local.view_as(DirectOptions).direct_num_workers == 2
+
+
+# --------------------------------------------------------------------------------------------
+# Output directory: a run is staged and swapped in at the end; stale temp files (issue 23)
+
+
+def staging_dirs(output_dir):
+    return sorted(glob.glob(os.path.join(str(output_dir), ".preprocess-staging-*")))
+
+
+def snapshot(output_dir):
+    """Every file under output_dir outside staging dirs: relative path -> bytes."""
+    files = {}
+    for directory, dirs, names in os.walk(output_dir):
+        dirs[:] = [d for d in dirs if not d.startswith(".preprocess-staging-")]
+        for name in names:
+            path = os.path.join(directory, name)
+            files[os.path.relpath(path, output_dir)] = open(path, "rb").read()
+    return files
+
+
+def write_outputs_then_fail(*args, **kwargs):
+    """transforms.write_outputs that dies after writing everything, marker included."""
+    REAL_WRITE_OUTPUTS(*args, **kwargs)
+    raise RuntimeError("injected: the worker died after writing its outputs")
+
+
+REAL_WRITE_OUTPUTS = transforms.write_outputs
+
+
+@pytest.mark.parametrize("fault", ["bad_input_inside_the_job", "stage_dies_after_writing"])
+def test_a_failed_overwrite_rerun_keeps_the_earlier_output(fault, corpus, tmp_path,
+                                                           tiny_model_path, monkeypatch):
+    out = tmp_path / "out"
+    earlier = run_job(out, train=[f"tsv:{corpus}/train.tsv"], tokenizer_model=tiny_model_path,
+                      max_length=64, num_shards=3)
+    before = snapshot(out)
+    rerun = dict(train=[f"tsv:{corpus}/test.tsv"], num_shards=1, overwrite=True)
+    if fault == "bad_input_inside_the_job":  # the tokenizer is trained inside the job
+        with pytest.raises(preprocess.PreprocessError, match=(
+                r"vocab_size 10 is too small.*; .*out still holds the earlier complete run, "
+                "unchanged")):
+            run_job(out, vocab_size=10, **rerun)
+    else:
+        monkeypatch.setattr(transforms, "write_outputs", write_outputs_then_fail)
+        with pytest.raises(RuntimeError, match="injected") as error:
+            run_job(out, tokenizer_model=tiny_model_path, **rerun)
+        assert error.value.__notes__ == [
+            f"s2s-preprocess: {out} still holds the earlier complete run, unchanged"]
+        staged, = staging_dirs(out)  # the new run got as far as a complete staged output
+        assert sorted(os.listdir(staged)) == [
+            "_COMPLETED", "_STARTED", "metadata.json", "spm.model",
+            "train-00000-of-00001.tfrecord"]
+    assert snapshot(out) == before
+    assert dataset.load_metadata(str(out)) == earlier
+    assert len(read_split(str(out), "train")) == earlier["splits"]["train"]["written"]
+
+
+def test_a_successful_overwrite_rerun_leaves_only_the_new_files(corpus, tmp_path,
+                                                                tiny_model_path):
+    out = tmp_path / "out"
+    earlier = run_job(out, train=[f"tsv:{corpus}/train.tsv"], tokenizer_model=tiny_model_path,
+                      max_length=64, num_shards=3)
+    assert earlier["dead_letter"]["count"] == 4
+    (out / "notes.txt").write_text("the user's own file")
+    metadata = run_job(out, train=[f"tsv:{corpus}/test.tsv"], tokenizer_model=tiny_model_path,
+                       num_shards=1, overwrite=True)
+    assert sorted(os.listdir(out)) == [  # no stale shard, dead-letter dir or staging dir
+        "_COMPLETED", "metadata.json", "notes.txt", "spm.model", "train-00000-of-00001.tfrecord"]
+    assert (out / "notes.txt").read_text() == "the user's own file"
+    assert dataset.load_metadata(str(out)) == metadata
+    assert metadata["num_shards"] == {"train": 1} and metadata["dead_letter"]["count"] == 0
+    assert len(read_split(str(out), "train")) == metadata["splits"]["train"]["written"] == 5
+
+
+def test_a_failure_while_publishing_says_the_directory_is_incomplete(
+        corpus, tmp_path, tiny_model_path, monkeypatch):
+    out = tmp_path / "out"
+    job = dict(train=[f"tsv:{corpus}/test.tsv"], tokenizer_model=tiny_model_path)
+    run_job(out, num_shards=3, **job)
+    moves = []
+
+    def move_then_fail(source, destination):
+        moves.append(os.path.basename(destination))
+        if len(moves) == 2:
+            raise tf.errors.PermissionDeniedError(None, None, "injected: permission denied")
+        REAL_MOVE_INTO_PLACE(source, destination)
+
+    monkeypatch.setattr(preprocess, "_move_into_place", move_then_fail)
+    with pytest.raises(preprocess.PreprocessError, match=(
+            r"^cannot publish the run staged in .*: injected: permission denied.*; "
+            f"{out} is incomplete \\(no _COMPLETED\\): rerun with --overwrite$")):
+        run_job(out, num_shards=1, overwrite=True, **job)
+    with pytest.raises(dataset.DataDirError, match="no _COMPLETED marker"):
+        dataset.load_metadata(str(out))
+    monkeypatch.undo()
+    with pytest.raises(preprocess.PreprocessError, match="pass --overwrite"):
+        run_job(out, num_shards=1, **job)
+    metadata = run_job(out, num_shards=1, overwrite=True, **job)
+    assert dataset.load_metadata(str(out)) == metadata
+    assert sorted(glob.glob(str(out / "train-*"))) == [str(out / "train-00000-of-00001.tfrecord")]
+
+
+def test_a_failed_first_run_publishes_nothing_and_a_rerun_needs_no_overwrite(
+        corpus, tmp_path, tiny_model_path):
+    out = tmp_path / "out"
+    with pytest.raises(preprocess.PreprocessError,
+                       match=f"vocab_size 10 is too small.*; nothing was published to {out}$"):
+        run_job(out, train=[f"tsv:{corpus}/test.tsv"], vocab_size=10)
+    assert snapshot(out) == {} and len(staging_dirs(out)) == 1
+    metadata = run_job(out, train=[f"tsv:{corpus}/test.tsv"], tokenizer_model=tiny_model_path,
+                       num_shards=1)
+    assert dataset.load_metadata(str(out)) == metadata
+
+
+REAL_MOVE_INTO_PLACE = preprocess._move_into_place
+
+NEW_RUN = {"created_at": "2026-01-02T03:04:05Z", "num_shards": {"train": 2},
+           "tokenizer": {"source": {"path": "spm.model"}, "target": {"path": "spm.model"}},
+           "dead_letter": {"path": "dead_letter/dead_letter.jsonl", "count": 1}}
+
+
+def fake_runs(tmp_path):
+    """An earlier complete run in out/ (3 shards, no dead letters) and a staged new one."""
+    out = tmp_path / "out"
+    staged = out / ".preprocess-staging-0123456789abcdef0123456789abcdef"
+    (staged / "dead_letter").mkdir(parents=True)
+    for name in ("train-00000-of-00003.tfrecord", "train-00001-of-00003.tfrecord",
+                 "train-00002-of-00003.tfrecord", "spm.model", "metadata.json", "_COMPLETED"):
+        (out / name).write_text(f"old {name}")
+    for name in ("train-00000-of-00002.tfrecord", "train-00001-of-00002.tfrecord",
+                 "spm.model", "metadata.json", "dead_letter/dead_letter.jsonl", "_STARTED",
+                 "_COMPLETED", ".spm.model.tmp-" + "a" * 32):
+        (staged / name).write_text(f"new {name}")
+    return out, staged
+
+
+def test_publishing_again_after_a_failed_try_completes_it(tmp_path, monkeypatch):
+    out, staged = fake_runs(tmp_path)
+    calls = []
+
+    def move_then_fail(source, destination):
+        calls.append(destination)
+        if len(calls) == 3:
+            raise tf.errors.UnavailableError(None, None, "injected: connection reset")
+        REAL_MOVE_INTO_PLACE(source, destination)
+
+    monkeypatch.setattr(preprocess, "_move_into_place", move_then_fail)
+    with pytest.raises(preprocess.PreprocessError, match="injected: connection reset"):
+        preprocess.publish_staged_output(NEW_RUN, staging_dir=str(staged), output_dir=str(out))
+    assert not (out / "_COMPLETED").exists()
+    monkeypatch.undo()  # the runner retries the step
+    preprocess.publish_staged_output(NEW_RUN, staging_dir=str(staged), output_dir=str(out))
+    assert snapshot(out) == {
+        "_COMPLETED": b"2026-01-02T03:04:05Z\n",
+        "train-00000-of-00002.tfrecord": b"new train-00000-of-00002.tfrecord",
+        "train-00001-of-00002.tfrecord": b"new train-00001-of-00002.tfrecord",
+        "spm.model": b"new spm.model", "metadata.json": b"new metadata.json",
+        "dead_letter/dead_letter.jsonl": b"new dead_letter/dead_letter.jsonl"}
+    assert staging_dirs(out) == []
+
+
+def test_publish_refuses_a_staged_run_that_lacks_a_file(tmp_path):
+    out, staged = fake_runs(tmp_path)
+    before = snapshot(out)
+    (staged / "train-00001-of-00002.tfrecord").unlink()
+    with pytest.raises(preprocess.PreprocessError,
+                       match=r"lacks train-00001-of-00002.tfrecord; .*out was left as it was"):
+        preprocess.publish_staged_output(NEW_RUN, staging_dir=str(staged), output_dir=str(out))
+    assert snapshot(out) == before
+
+
+def test_only_our_stale_temp_files_are_removed(corpus, tmp_path, tiny_model_path):
+    out = tmp_path / "out"
+    (out / "dead_letter").mkdir(parents=True)
+    hex32 = "0123456789abcdef" * 2
+    ours_stale = [".train-00000-of-00001.tfrecord.tmp-" + hex32, ".metadata.json.tmp-" + hex32,
+                  f"dead_letter/.dead_letter.jsonl.tmp-{hex32}",
+                  f".preprocess-staging-{hex32}/train-00000-of-00004.tfrecord",
+                  f".preprocess-staging-{hex32}/_STARTED"]
+    users = [".notes.txt.tmp-" + hex32,  # a temp name, but not of one of our outputs
+             ".metadata.json.tmp-mine", "metadata.json.tmp-" + hex32, "spm.model.bak",
+             ".preprocess-staging-backup/keep.txt", f"dead_letter/.spm.model.tmp-{hex32}"]
+    concurrent = [".spm.model.tmp-" + "f" * 32, f".preprocess-staging-{'e' * 32}/_STARTED"]
+    now = time.time()
+    for names, mtime in ((ours_stale, now - 3600), (users, now - 3600),
+                         (concurrent, now + 3600)):  # concurrent: written after our start
+        for name in names:
+            (out / name).parent.mkdir(parents=True, exist_ok=True)
+            (out / name).write_text(name)
+            os.utime(out / name, (mtime, mtime))
+    metadata = run_job(out, train=[f"tsv:{corpus}/test.tsv"], tokenizer_model=tiny_model_path,
+                       num_shards=1)  # leftovers of failed attempts need no --overwrite
+    assert metadata["splits"]["train"]["written"] == 5
+    left = set(snapshot(out)) | {os.path.relpath(path, out) for directory in staging_dirs(out)
+                                 for path in glob.glob(os.path.join(directory, "*"))}
+    assert left == set(users) | set(concurrent) | {
+        "_COMPLETED", "metadata.json", "spm.model", "train-00000-of-00001.tfrecord"}
