@@ -14,6 +14,9 @@ become its vocabularies, so it translates piece strings:
 Only the Transformer family converts (CTranslate2 has no attention-LSTM).
 """
 
+import os
+import tempfile
+
 import numpy as np
 import sentencepiece as spm
 
@@ -121,11 +124,34 @@ def pieces(model_proto: bytes) -> list[str]:
 
 def export_ctranslate2(model, *, source_model: bytes, target_model: bytes, output_dir: str,
                        quantization: str | None = None) -> str:
-    """Writes `model` as a CTranslate2 model directory (replacing one that is there).
+    """Writes `model` as a CTranslate2 model directory `output_dir` (local or gs://).
 
-    quantization: None keeps float32; "int8", "int8_float32", "bfloat16", ... as
-    CTranslate2 accepts.
+    CTranslate2 writes local files only, so the model is converted in a local temp
+    directory and copied with tf.io.gfile. quantization: None keeps float32; "int8",
+    "int8_float32", "bfloat16", ... as CTranslate2 accepts.
     """
+    with tempfile.TemporaryDirectory() as local:
+        convert(model, source_model=source_model, target_model=target_model,
+                output_dir=os.path.join(local, "model"), quantization=quantization)
+        copy_tree(os.path.join(local, "model"), output_dir)
+    return output_dir
+
+
+def copy_tree(local_dir: str, output_dir: str) -> None:
+    """Copies a local directory's files to `output_dir` through tf.io.gfile."""
+    import tensorflow as tf
+
+    for root, _, names in os.walk(local_dir):
+        relative = os.path.relpath(root, local_dir)
+        target = output_dir.rstrip("/") + ("" if relative == "." else f"/{relative}")
+        tf.io.gfile.makedirs(target)
+        for name in names:
+            tf.io.gfile.copy(os.path.join(root, name), f"{target}/{name}", overwrite=True)
+
+
+def convert(model, *, source_model: bytes, target_model: bytes, output_dir: str,
+            quantization: str | None) -> str:
+    """CTranslate2's converter writing `model` to the local directory `output_dir`."""
     try:
         from ctranslate2.converters.converter import Converter
     except ImportError:

@@ -1,4 +1,8 @@
-"""s2s-evaluate: score the latest (or a named) checkpoint, or follow new ones with --watch."""
+"""s2s-evaluate: score the latest (or a named) checkpoint, or follow new ones with --watch.
+
+Exit status: 0 done; 2 an error (bad flags, data or checkpoints); 3 (--watch) the timeout
+passed before the final training step was scored: the trainer is slow, stopped or failed.
+"""
 
 import sys
 
@@ -13,8 +17,13 @@ flags.DEFINE_integer("beam_size", None, "Default: the training config's decode.b
 flags.DEFINE_float("alpha", None, "GNMT length penalty; default: decode.alpha.")
 flags.DEFINE_integer("average_last", 1, "Score (and export) the mean weights of the checkpoint "
                      "and the N-1 before it.")
-flags.DEFINE_bool("export_best", None, "Export the best checkpoint (lowest WER for G2P, else "
-                  "highest BLEU) to WORKDIR/export/best; default: only when scoring the dev split.")
+flags.DEFINE_bool("export_best", None, "Export the best checkpoint (see --best_metric) as a "
+                  "new version of the export root WORKDIR/export/best; default: only when "
+                  "scoring the dev split.")
+flags.DEFINE_enum("best_metric", "", ["", "bleu", "chrf", "wer", "per", "xent",
+                                      "token_accuracy"],
+                  "What makes a checkpoint the best (wer, per, xent: lower is better); "
+                  "default: wer for grapheme-to-phoneme data, else bleu.")
 flags.DEFINE_string("strategy", "default", "Decode data-parallel over this strategy's "
                     "replicas: default | one_device | mirrored | tpu.")
 flags.DEFINE_string("tpu", "", "TPU name, or 'local' on a TPU VM (with --strategy=tpu).")
@@ -22,9 +31,10 @@ flags.DEFINE_integer("cpu_devices", 0, "Split the CPU into N logical devices (th
                      "for --strategy=mirrored); 0 leaves it alone.")
 flags.DEFINE_bool("jit_compile", False, "XLA-compile the beam search.")
 flags.DEFINE_float("timeout", 600.0, "--watch: stop after this many seconds without a new "
-                   "checkpoint.")
+                   "checkpoint; exit status 3 if the final training step was not scored.")
 flags.mark_flags_as_required(["workdir", "data_dir"])
 FLAGS = flags.FLAGS
+UNFINISHED = 3  # exit status: --watch timed out before the final training step was scored
 
 
 def main(argv):
@@ -44,7 +54,13 @@ def main(argv):
             workdir=FLAGS.workdir, data_dir=FLAGS.data_dir, split=FLAGS.split,
             watch=FLAGS.watch, checkpoint=FLAGS.checkpoint, beam_size=FLAGS.beam_size,
             alpha=FLAGS.alpha, average_last=FLAGS.average_last, timeout=FLAGS.timeout,
-            export_best=FLAGS.export_best, strategy=strategy, jit_compile=FLAGS.jit_compile)
+            export_best=FLAGS.export_best, best_metric=FLAGS.best_metric, strategy=strategy,
+            jit_compile=FLAGS.jit_compile)
+    except evaluator.WatchTimeout as error:
+        for row in error.rows:
+            print_row(row)
+        print(f"s2s-evaluate: error: {error}", file=sys.stderr)
+        sys.exit(UNFINISHED)
     except (ValueError, evaluator.EvaluationError) as error:
         print(f"s2s-evaluate: error: {error}", file=sys.stderr)
         sys.exit(2)
@@ -69,8 +85,11 @@ def print_row(row: dict) -> None:
     print("examples (source => hypothesis   [reference]):")
     for source, reference, hypothesis in row["examples"]:
         print(f"  {source} => {hypothesis}   [{reference}]")
+    if not row.get("recorded", True):
+        print("another evaluator had recorded this measurement already; not added again")
     if row.get("exported"):
-        print(f"exported the best model so far to {row['exported']}")
+        print(f"exported the best model so far to {row['exported']} "
+              "(WORKDIR/export/best/current.json points to it)")
 
 
 def run():

@@ -1,9 +1,10 @@
 """The evaluation job: restore a checkpoint, beam-search a split, score, export the best.
 
-Owns WORKDIR/eval/<split>/ (metrics.jsonl, hyp-<step>.txt, TensorBoard events) and
-WORKDIR/export/best; it never writes a file the trainer owns.
+Owns WORKDIR/eval/<split>/ (metrics.jsonl, hyp-<step>.txt, TensorBoard events) and the
+export root WORKDIR/export/best; it never writes a file the trainer owns.
 """
 
+import contextlib
 import dataclasses
 import json
 import os
@@ -15,11 +16,10 @@ import tensorflow as tf
 from absl import logging
 
 import models
-from launch import checkpoints, export, replicated_search
+from launch import checkpoints, eval_records, export_lib, replicated_search, shared_files
 from models import decoding, losses
 from pipeline import dataset, features, tokenizer
 
-METRICS_FILE = "metrics.jsonl"
 EXAMPLES = 8  # (source, reference, hypothesis) triples returned for the console
 SCALARS = ("bleu", "chrf", "wer", "per", "xent", "token_accuracy")  # TensorBoard and the log
 LOG_EVERY_SECONDS = 10  # decoding progress lines, at most one per this many seconds
@@ -296,71 +296,210 @@ def is_g2p(metadata: dict) -> bool:
     return "cmudict" in json.dumps(metadata.get("sources", ""))
 
 
-def read_metrics(path: str) -> list[dict]:
-    if not tf.io.gfile.exists(path):
-        return []
-    with tf.io.gfile.GFile(path) as f:
-        return [json.loads(line) for line in f if line.strip()]
-
-
 def checkpoint_step(path: str) -> int:
     return int(path.rsplit("-", 1)[1])
 
 
-def evaluate_checkpoint(run: Run, path: str, *, workdir: str, data_dir: str, split: str,
-                        search: replicated_search.ReplicatedSearch, average_last: int = 1,
-                        export_best: bool = True) -> dict:
-    """Scores one checkpoint, records it, and exports it if it is the best so far.
+def export_root(workdir: str) -> str:
+    """Where the evaluator keeps the best model: an export root (launch/export_layout.py)."""
+    return os.path.join(workdir, "export", "best")
 
-    With average_last > 1 the weights scored (and exported) are the mean of `path` and
-    the checkpoints just before it, so the score on record is the exported model's.
-    The returned row is what metrics.jsonl holds plus "examples": the first few
-    (source, reference, hypothesis) triples, for people reading the console.
+
+def checkpoint_files_exist(path: str) -> bool:
+    """Whether the index and every data shard of checkpoint `path` are still there."""
+    shards = tf.io.gfile.glob(f"{path}.data-*")
+    if not tf.io.gfile.exists(f"{path}.index") or not shards:
+        return False
+    return len(shards) == int(shards[0].rsplit("-of-", 1)[1])
+
+
+class CheckpointGone(EvaluationError):
+    """A checkpoint's files vanished before they were read (the trainer's keep-N policy)."""
+
+
+class WatchTimeout(EvaluationError):
+    """--watch waited `timeout` seconds without reaching the final training step."""
+
+    def __init__(self, message: str, *, rows: list[dict]):
+        super().__init__(message)
+        self.rows = rows
+
+
+class Evaluator:
+    """Scores checkpoints of one run on one split, records each measurement once, and
+    exports the best. One method per job, as OpenNMT-tf's opennmt/evaluation.py splits
+    its evaluator: restore, decode, score, write hypotheses, record, export, summarize.
+
+    Order on disk, so a crash anywhere loses nothing: hyp-<step>.txt, then (under the
+    workdir's evaluator lease) the metrics row, then the export; a restarted evaluator
+    re-exports a best row that has no export yet (reconcile_export).
     """
-    step = checkpoint_step(path)
-    out_dir = os.path.join(workdir, "eval", split)
-    tf.io.gfile.makedirs(out_dir)
-    averaged = recent_checkpoints(workdir, upto=path, count=average_last)
-    restore(run, averaged)
-    began = time.perf_counter()
-    sources, references, hypotheses = decode_split(run, split=split, data_dir=data_dir,
-                                                   search=search)
-    beam_size, alpha = search.beam_size, search.alpha
-    row = {"step": step, "split": split, "checkpoint": path, "beam_size": beam_size,
-           "alpha": alpha, "averaged": len(averaged), "replicas": search.replicas,
-           **score(hypotheses, references, g2p=is_g2p(run.metadata)),
-           "decode_seconds": round(time.perf_counter() - began, 2),
-           **teacher_forced_scores(run, split=split, data_dir=data_dir)}
-    checkpoints.write_text_atomically(os.path.join(out_dir, f"hyp-{step}.txt"),
-                                      "".join(h + "\n" for h in hypotheses))
-    metrics_path = os.path.join(out_dir, METRICS_FILE)
-    previous = read_metrics(metrics_path)
-    best_before = max(map(selection_score, previous), default=float("-inf"))
-    checkpoints.write_text_atomically(
-        metrics_path, "".join(json.dumps(r, sort_keys=True) + "\n" for r in previous + [row]))
-    with tf.summary.create_file_writer(out_dir).as_default():
-        for key in SCALARS:
-            if key in row:
-                tf.summary.scalar(key, row[key], step=step)
-    extra = {k: row[k] for k in SCALARS if k in row}
-    logging.info("step %d %s: %s", step, split,
-                 "  ".join(f"{k} {v:.2f}" for k, v in extra.items()))
-    if export_best and selection_score(row) > best_before:
-        export.export_saved_model(
-            run.model, source_model=run.source_tokenizer.model,
-            target_model=run.target_tokenizer.model,
-            export_dir=os.path.join(workdir, "export", "best"), beam_size=beam_size,
-            alpha=alpha, **export_options(run),
-            info={"step": step, "split": split, "averaged": len(averaged), **extra})
-        row["exported"] = os.path.join(workdir, "export", "best")
-    row["examples"] = [(source, " | ".join(refs), hypothesis) for source, refs, hypothesis
-                       in zip(sources, references, hypotheses)][:EXAMPLES]
-    return row
+
+    def __init__(self, run: Run, *, workdir: str, data_dir: str, split: str,
+                 search: replicated_search.ReplicatedSearch, average_last: int = 1,
+                 export_best: bool = True, best: eval_records.BestMetric | None = None,
+                 lease_wait: float = 900.0):
+        self.run, self.workdir, self.data_dir, self.split = run, workdir, data_dir, split
+        self.search, self.average_last, self.export_best = search, average_last, export_best
+        self.best = best or eval_records.best_metric(g2p=is_g2p(run.metadata))
+        self.lease_wait = lease_wait
+        self.out_dir = os.path.join(workdir, "eval", split)
+        self.metrics_path = os.path.join(self.out_dir, eval_records.METRICS_FILE)
+        self._summaries = None
+
+    def __call__(self, path: str) -> dict:
+        """Scores checkpoint `path` (with average_last > 1 the mean of it and the ones
+        before it, which is also what gets exported). Returns the metrics row plus
+        "examples" (source, references, hypothesis) for the console and "recorded"."""
+        averaged = self._restore(path)
+        sources, references, hypotheses, seconds = self._decode()
+        row = self._score(path, averaged=len(averaged), hypotheses=hypotheses,
+                          references=references, seconds=seconds)
+        self._write_hypotheses(row["step"], hypotheses)
+        with self._lease() as lease:
+            recorded = self._record_results(row, lease=lease)
+            if recorded and self.export_best:
+                exported = self._maybe_export(row)
+                if exported:
+                    row["exported"] = exported
+        if recorded:
+            self._write_summaries(row)
+        self._log(row, recorded=recorded)
+        row["recorded"] = recorded
+        row["examples"] = [(source, " | ".join(refs), hypothesis) for source, refs, hypothesis
+                           in zip(sources, references, hypotheses)][:EXAMPLES]
+        return row
+
+    def _restore(self, path: str) -> list[str]:
+        """Loads the weights; CheckpointGone when files vanished under us."""
+        averaged = recent_checkpoints(self.workdir, upto=path, count=self.average_last)
+        try:
+            restore(self.run, averaged)
+        except tf.errors.OpError as error:
+            missing = [p for p in averaged if not checkpoint_files_exist(p)]
+            if missing:
+                raise CheckpointGone(f"checkpoint {', '.join(missing)} was deleted before "
+                                     "it could be read") from error
+            raise EvaluationError(f"checkpoint {path} cannot be read: {error.message}") from error
+        return averaged
+
+    def _decode(self) -> tuple[list[str], list[list[str]], list[str], float]:
+        began = time.perf_counter()
+        sources, references, hypotheses = decode_split(
+            self.run, split=self.split, data_dir=self.data_dir, search=self.search)
+        return sources, references, hypotheses, time.perf_counter() - began
+
+    def _score(self, path: str, *, averaged: int, hypotheses: list[str],
+               references: list[list[str]], seconds: float) -> dict:
+        """The metrics row: decoding settings, sacreBLEU/chrF (WER/PER), teacher forcing."""
+        return {"step": checkpoint_step(path), "split": self.split, "checkpoint": path,
+                "beam_size": self.search.beam_size, "alpha": self.search.alpha,
+                "averaged": averaged, "replicas": self.search.replicas,
+                **score(hypotheses, references, g2p=is_g2p(self.run.metadata)),
+                "decode_seconds": round(seconds, 2),
+                **teacher_forced_scores(self.run, split=self.split, data_dir=self.data_dir)}
+
+    def _write_hypotheses(self, step: int, hypotheses: list[str]) -> None:
+        tf.io.gfile.makedirs(self.out_dir)
+        shared_files.write_text_atomically(os.path.join(self.out_dir, f"hyp-{step}.txt"),
+                                           "".join(h + "\n" for h in hypotheses))
+
+    def _lease(self):
+        """One evaluator of this workdir at a time between reading and writing records."""
+        return evaluator_lease(self.workdir, wait=self.lease_wait)
+
+    def _record_results(self, row: dict, *, lease) -> bool:
+        """Appends the row to metrics.jsonl; False when another evaluator recorded the same
+        measurement first."""
+        lease.check()
+        return eval_records.append_metrics(self.metrics_path, row)
+
+    def _exported(self) -> dict | None:
+        """The manifest of the model in export/best, None when there is none."""
+        try:
+            return export_lib.read_manifest(export_root(self.workdir))
+        except export_lib.NotAnExportError:
+            return None
+
+    def _maybe_export(self, row: dict) -> str | None:
+        """Exports the restored weights if `row` beats the exported model on the best
+        metric (a model exported from another split is beaten by anything)."""
+        exported = self._exported()
+        if exported is not None and exported.get("split") != self.split:
+            exported = None
+        if not self.best.better(row, exported):
+            return None
+        return self._export(row)
+
+    def _export(self, row: dict) -> str:
+        """Publishes the weights now in the model as a new version of export/best."""
+        run = self.run
+        info = {"step": row["step"], "split": self.split, "averaged": row["averaged"],
+                "best_metric": self.best.name, **{k: row[k] for k in SCALARS if k in row}}
+        return publish(
+            export_root(self.workdir), step=row["step"], wait=self.lease_wait,
+            write=lambda directory: export_lib.save_translator(
+                run.model, saved_model_dir=directory, source_model=run.source_tokenizer.model,
+                target_model=run.target_tokenizer.model, beam_size=row["beam_size"],
+                alpha=row["alpha"], **export_options(run), info=info))
+
+    def reconcile_export(self) -> None:
+        """Makes export/best hold the best recorded row, as after a crash between the
+        metrics row and the export. Warns when that checkpoint is gone."""
+        with self._lease():
+            best = self.best.best([r for r in eval_records.read_metrics(self.metrics_path)
+                                   if r.get("split", self.split) == self.split])
+            exported = self._exported()
+            if best is None or (exported and exported.get("step") == best["step"]
+                                and exported.get("split") == self.split):
+                return
+            path = os.path.join(checkpoints.directory(self.workdir),
+                                os.path.basename(best["checkpoint"]))
+            averaged = recent_checkpoints(self.workdir, upto=path, count=best["averaged"])
+            if len(averaged) != best["averaged"] or not all(map(checkpoint_files_exist,
+                                                                averaged)):
+                logging.warning(
+                    "step %d has the best %s (%s) but was never exported, and its "
+                    "checkpoint is gone; %s keeps %s", best["step"], self.best.name,
+                    best[self.best.name], export_root(self.workdir),
+                    f"step {exported.get('step')}" if exported else "no model")
+                return
+            logging.warning("exporting step %d, the best on record (an earlier evaluator "
+                            "stopped before exporting it)", best["step"])
+            restore(self.run, averaged)
+            self._export(best)
+
+    def _write_summaries(self, row: dict) -> None:
+        if self._summaries is None:
+            self._summaries = tf.summary.create_file_writer(self.out_dir)
+        with self._summaries.as_default():
+            for key in SCALARS:
+                if key in row:
+                    tf.summary.scalar(key, row[key], step=row["step"])
+        self._summaries.flush()
+
+    def _log(self, row: dict, *, recorded: bool) -> None:
+        scores = "  ".join(f"{k} {row[k]:.2f}" for k in SCALARS if k in row)
+        note = "" if recorded else " (already on record from another evaluator; not added)"
+        logging.info("step %d %s: %s%s", row["step"], self.split, scores, note)
 
 
-def selection_score(row: dict) -> float:
-    """What "best" means for the export: lowest word error rate for G2P, else highest BLEU."""
-    return -row["wer"] if "wer" in row else row["bleu"]
+@contextlib.contextmanager
+def evaluator_lease(workdir: str, *, wait: float):
+    """The workdir's evaluator lease, its failures as EvaluationError."""
+    try:
+        with shared_files.hold(os.path.join(workdir, "eval"), wait=wait) as lease:
+            yield lease
+    except shared_files.LeaseError as error:
+        raise EvaluationError(str(error)) from error
+
+
+def publish(root: str, *, write, step: int, wait: float = 900.0) -> str:
+    """export_lib.publish_version, its lease failures as EvaluationError."""
+    try:
+        return export_lib.publish_version(root, write=write, step=step, wait=wait)
+    except shared_files.LeaseError as error:
+        raise EvaluationError(str(error)) from error
 
 
 def recent_checkpoints(workdir: str, *, upto: str, count: int) -> list[str]:
@@ -373,76 +512,122 @@ def recent_checkpoints(workdir: str, *, upto: str, count: int) -> list[str]:
     return (paths[-count:] if upto in paths else [upto])
 
 
+def latest_or_named(workdir: str, checkpoint: str = "") -> str:
+    """`checkpoint`, or the newest one in the workdir."""
+    ckpt_dir = checkpoints.directory(workdir)
+    path = checkpoint or tf.train.latest_checkpoint(ckpt_dir)
+    if not path:
+        raise EvaluationError(f"{ckpt_dir} holds no checkpoint")
+    return path
+
+
 def evaluate(*, workdir: str, data_dir: str, split: str = "dev", watch: bool = False,
              checkpoint: str = "", beam_size: int | None = None, alpha: float | None = None,
              average_last: int = 1, timeout: float = 600.0,
-             export_best: bool | None = None, strategy=None,
+             export_best: bool | None = None, best_metric: str = "", strategy=None,
              jit_compile: bool = False) -> list[dict]:
     """Scores the latest (or a named) checkpoint, or every new one with watch=True.
 
-    The best checkpoint is exported when scoring the dev split (model selection never
-    looks at test) unless export_best says otherwise. Decoding is split over `strategy`'s
-    replicas and XLA-compiled with jit_compile.
+    The best checkpoint (by best_metric; default lowest WER for G2P, else highest BLEU)
+    is exported when scoring the dev split (model selection never looks at test) unless
+    export_best says otherwise. Decoding is split over `strategy`'s replicas and
+    XLA-compiled with jit_compile. With watch=True, WatchTimeout when `timeout` passes
+    before the final training step is scored.
     """
     run = load_run(workdir=workdir, data_dir=data_dir)
     dataset.verified_shard_files(data_dir, split, metadata=run.metadata, count_records=True)
     search = make_search(run, beam_size=beam_size or run.config.decode.beam_size,
                          alpha=run.config.decode.alpha if alpha is None else alpha,
                          strategy=strategy, jit_compile=jit_compile)
-    ckpt_dir = checkpoints.directory(workdir)
-    kwargs = dict(workdir=workdir, data_dir=data_dir, split=split, search=search,
-                  average_last=average_last,
-                  export_best=split == "dev" if export_best is None else export_best)
+    try:
+        best = eval_records.best_metric(best_metric, g2p=is_g2p(run.metadata))
+    except ValueError as error:
+        raise EvaluationError(str(error)) from error
+    evaluator = Evaluator(run, workdir=workdir, data_dir=data_dir, split=split, search=search,
+                          average_last=average_last, best=best,
+                          export_best=split == "dev" if export_best is None else export_best)
+    if evaluator.export_best:
+        evaluator.reconcile_export()
     if not watch:
-        path = checkpoint or tf.train.latest_checkpoint(ckpt_dir)
-        if not path:
-            raise EvaluationError(f"{ckpt_dir} holds no checkpoint to evaluate")
-        try:
-            return [evaluate_checkpoint(run, path, **kwargs)]
-        except tf.errors.NotFoundError as error:
-            raise EvaluationError(f"checkpoint {path} cannot be read: {error.message}") from error
-    scored = {r["step"] for r in read_metrics(os.path.join(workdir, "eval", split,
-                                                           METRICS_FILE))}
-    rows = []
-    for path in tf.train.checkpoints_iterator(ckpt_dir, timeout=timeout, min_interval_secs=1):
-        step = checkpoint_step(path)
+        return [evaluator(latest_or_named(workdir, checkpoint))]
+    return watch_checkpoints(evaluator, timeout=timeout)
+
+
+def watch_checkpoints(evaluator: Evaluator, *, timeout: float) -> list[dict]:
+    """Scores each new checkpoint once, skipping steps on record and checkpoints deleted
+    before they could be read, until the final training step."""
+    num_steps = evaluator.run.config.train.num_steps
+    scored = {r["step"] for r in eval_records.read_metrics(evaluator.metrics_path)}
+    rows, seen = [], 0
+    for path in tf.train.checkpoints_iterator(checkpoints.directory(evaluator.workdir),
+                                              timeout=timeout, min_interval_secs=1):
+        step = seen = checkpoint_step(path)
         if step in scored:
             logging.info("step %d already scored; skipping", step)
         else:
             try:
-                rows.append(evaluate_checkpoint(run, path, **kwargs))
-            except tf.errors.NotFoundError:
-                logging.warning("checkpoint %s was deleted before it could be read; moving on",
-                                path)
-                continue
-            scored.add(step)
-        if step >= run.config.train.num_steps:
-            logging.info("reached the final training step %d", step)
+                rows.append(evaluator(path))
+                scored.add(step)
+            except CheckpointGone as error:
+                logging.warning("%s; skipping it", error)
+        if step >= num_steps:
             break
+    last = max(scored, default=0)
+    if last < num_steps:
+        raise WatchTimeout(unfinished_message(last=last, seen=seen, num_steps=num_steps,
+                                              timeout=timeout), rows=rows)
     return rows
+
+
+def unfinished_message(*, last: int, seen: int, num_steps: int, timeout: float) -> str:
+    if seen >= num_steps:
+        return (f"the final checkpoint (step {seen}) was deleted before it could be scored; "
+                f"the last scored step is {last}")
+    return (f"no checkpoint at step {num_steps} (config.train.num_steps) appeared within "
+            f"{timeout:g} s of the last one (step {seen}); the last scored step is {last}. "
+            "The trainer is slow, stopped or failed: check it, then rerun --watch (scored "
+            "steps are skipped)")
 
 
 def export_checkpoint(*, workdir: str, data_dir: str, export_dir: str, checkpoint: str = "",
                       average_last: int = 1, beam_size: int | None = None,
                       alpha: float | None = None, export_format: str = "savedmodel",
                       quantization: str | None = None) -> str:
-    """s2s-export: one checkpoint (or an average) to a SavedModel, or to a CTranslate2
-    model directory with export_format="ctranslate2", without scoring."""
+    """s2s-export: one checkpoint (or an average), without scoring, as a new version of
+    the export root `export_dir`: a SavedModel, or a CTranslate2 model directory with
+    export_format="ctranslate2". Returns the version's plain model directory."""
+    if os.path.normpath(export_dir) == os.path.normpath(export_root(workdir)):
+        raise EvaluationError(f"{export_dir} is where s2s-evaluate keeps the best-scoring "
+                              "model; choose another --export_dir")
     run = load_run(workdir=workdir, data_dir=data_dir)
-    path = checkpoint or tf.train.latest_checkpoint(checkpoints.directory(workdir))
-    if not path:
-        raise EvaluationError(f"{workdir} holds no checkpoint to export")
-    restore(run, recent_checkpoints(workdir, upto=path, count=average_last))
+    path = latest_or_named(workdir, checkpoint)
+    averaged = recent_checkpoints(workdir, upto=path, count=average_last)
+    try:
+        restore(run, averaged)
+    except tf.errors.OpError as error:
+        raise EvaluationError(f"checkpoint {path} cannot be read: {error.message}") from error
+    info = {"step": checkpoint_step(path), "averaged": len(averaged)}
     if export_format == "ctranslate2":
-        from launch import ctranslate2_export
-        return ctranslate2_export.export_ctranslate2(
+        write = ctranslate2_writer(run, quantization=quantization, info=info)
+    else:
+        write = lambda directory: export_lib.save_translator(  # noqa: E731
+            run.model, saved_model_dir=directory, source_model=run.source_tokenizer.model,
+            target_model=run.target_tokenizer.model,
+            beam_size=beam_size or run.config.decode.beam_size,
+            alpha=run.config.decode.alpha if alpha is None else alpha,
+            **export_options(run), info=info)
+    return publish(export_dir, write=write, step=info["step"])
+
+
+def ctranslate2_writer(run: Run, *, quantization: str | None, info: dict):
+    """A publish_version writer: the CTranslate2 model, then its manifest."""
+    from launch import ctranslate2_export
+
+    def write(directory: str) -> None:
+        ctranslate2_export.export_ctranslate2(
             run.model, source_model=run.source_tokenizer.model,
-            target_model=run.target_tokenizer.model, output_dir=export_dir,
+            target_model=run.target_tokenizer.model, output_dir=directory,
             quantization=quantization)
-    return export.export_saved_model(
-        run.model, source_model=run.source_tokenizer.model,
-        target_model=run.target_tokenizer.model, export_dir=export_dir,
-        beam_size=beam_size or run.config.decode.beam_size,
-        alpha=run.config.decode.alpha if alpha is None else alpha,
-        **export_options(run),
-        info={"step": checkpoint_step(path)})
+        export_lib.write_manifest(directory, {"format": "ctranslate2",
+                                              "quantization": quantization, **info})
+    return write

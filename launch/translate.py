@@ -9,8 +9,9 @@ import sys
 
 from absl import app, flags
 
-flags.DEFINE_string("model", None, "Export directory (s2s-evaluate's export/best or "
-                    "s2s-export's --export_dir).")
+flags.DEFINE_string("model", None, "An export root (s2s-evaluate's WORKDIR/export/best or "
+                    "s2s-export's --export_dir: follows its current.json) or a SavedModel "
+                    "directory written by either.")
 flags.DEFINE_string("input", "-", "Input file, one sentence per line; '-' reads stdin.")
 flags.DEFINE_integer("batch_size", 32, "Sentences per call to the SavedModel.")
 flags.DEFINE_integer("window", 1024, "Lines read before translating; they are batched by "
@@ -51,10 +52,10 @@ def translate_window(translate, texts: list[str], batch_size: int) -> list[str]:
 
 def main(argv):
     del argv
-    from launch import export
+    from launch import export_lib
     try:
-        translate = export.load_translator(FLAGS.model)
-    except export.NotAnExportError as error:
+        translate = export_lib.load_translator(FLAGS.model)
+    except export_lib.NotAnExportError as error:
         print(f"s2s-translate: error: {error}", file=sys.stderr)
         sys.exit(2)
     try:

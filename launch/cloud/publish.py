@@ -5,7 +5,8 @@
 
 Layout under gs://BUCKET/PREFIX/:
     latest.json                       the pointer: version, model_dir, metrics, date
-    models/<version>/saved_model/     WORKDIR/export/best (the best dev checkpoint)
+    models/<version>/saved_model/     the SavedModel WORKDIR/export/best points to (the best
+                                      dev checkpoint; layout: launch/export_layout.py)
     models/<version>/metrics.json     dev (and test) rows of metrics.jsonl at that step
     models/<version>/MODEL_CARD.md    data, configuration, metrics + sacreBLEU signature
 
@@ -23,11 +24,12 @@ import sys
 import uuid
 from typing import Sequence
 
+from launch import export_layout
 from launch.cloud import cli, files, model_card
 
 PROG = "python -m launch.cloud.publish"
 POINTER = "latest.json"
-EXPORT_MANIFEST = "s2s_export.json"  # launch/export.py writes it into every export
+EXPORT_MANIFEST = export_layout.MANIFEST  # in every exported model directory
 METRICS = ("bleu", "chrf", "wer", "per")
 LOWER_IS_BETTER = ("wer", "per")
 
@@ -81,8 +83,8 @@ def read_metrics(path: str) -> list[dict]:
 
 
 def load_candidate(*, workdir: str, data_dir: str = "") -> Candidate:
-    """Reads WORKDIR/export/best and the eval rows of the step it was exported from."""
-    export_dir = files.join(workdir, "export", "best")
+    """Reads the model WORKDIR/export/best points to and the eval rows of its step."""
+    export_dir = resolve_export(files.join(workdir, "export", "best"))
     manifest = read_json(files.join(export_dir, EXPORT_MANIFEST),
                          what="no exported model; run s2s-evaluate --split=dev first")
     step = manifest.get("step")
@@ -101,6 +103,16 @@ def load_candidate(*, workdir: str, data_dir: str = "") -> Candidate:
                              what="not an s2s-preprocess output directory")
     return Candidate(workdir=workdir, data_dir=data_dir, export_dir=export_dir,
                      metrics=metrics, config=config, metadata=metadata)
+
+
+def resolve_export(root: str) -> str:
+    """The model directory an export root points to (or the root itself, if written
+    before versioning)."""
+    try:
+        return export_layout.resolve(root, read_text=files.read_text, exists=files.exists)
+    except export_layout.NotAnExportError as error:
+        raise PublishError(f"{error}: no exported model; run s2s-evaluate --split=dev "
+                           "first") from error
 
 
 def score(row: dict, metric: str) -> float:
