@@ -114,7 +114,10 @@ def build_pipeline(pipeline: beam.Pipeline, *, train: Sequence[str], dev: Sequen
             sources={split: spec_list for split, spec_list in specs.items() if spec_list},
             split_fractions=dict(split_fractions or {}) or None),
         max_length_ratio=max_length_ratio, batch_size=batch_size)
+    # The Reshuffle keeps a retried Publish from rerunning WriteMetadata, which would fill
+    # the staging dir's already-moved shards with empty ones.
     return (add_transforms(pipeline, plan)
+            | "StagedRun" >> beam.Reshuffle()
             | "Publish" >> beam.Map(publish_staged_output, staging_dir=staging_dir,
                                     output_dir=output_dir).with_output_types(dict))
 
