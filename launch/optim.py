@@ -9,8 +9,6 @@ SCHEDULES = ("inverse_sqrt", "cosine", "linear", "constant")
 OPTIMIZERS = ("adam", "adamw")
 # Under mixed_float16 gradients are computed on a scaled loss; 2**15 is the usual start.
 FLOAT16_INITIAL_SCALE = 2.0 ** 15
-# Without float16 the same wrapper only skips non-finite steps: the scale never grows.
-NEVER_GROW = 2 ** 30
 
 
 class WarmupSchedule(keras.optimizers.schedules.LearningRateSchedule):
@@ -90,7 +88,8 @@ class FusedAdamW(_FusedAdamUpdate, keras.optimizers.AdamW):
 
 
 def create_optimizer(config, *, total_steps: int, float16: bool) -> keras.optimizers.Optimizer:
-    """Adam/AdamW wrapped in a LossScaleOptimizer, which skips non-finite steps.
+    """Adam/AdamW wrapped to skip non-finite steps: with dynamic loss scaling under float16,
+    with a loss scale fixed at 1 otherwise (SkipNonFinite).
 
     Clipping is NOT configured here: the trainer clips the all-reduced gradient itself,
     because Keras clips before its own cross-replica sum (a per-replica norm).
@@ -107,5 +106,32 @@ def create_optimizer(config, *, total_steps: int, float16: bool) -> keras.optimi
         raise ValueError(f"optimizer {config.name!r} is not one of {OPTIMIZERS}")
     if float16:
         return keras.optimizers.LossScaleOptimizer(inner, initial_scale=FLOAT16_INITIAL_SCALE)
-    return keras.optimizers.LossScaleOptimizer(inner, initial_scale=1.0,
-                                               dynamic_growth_steps=NEVER_GROW)
+    return SkipNonFinite(inner, initial_scale=1.0)
+
+
+class SkipNonFinite(keras.optimizers.LossScaleOptimizer):
+    """Skips a step whose gradients are not finite; the loss is never scaled.
+
+    float32 and bfloat16 share float32's exponent range, so they need no loss scale. The
+    plain LossScaleOptimizer halved its scale on every skipped step and never grew it back:
+    after about 90 skips the gradients underflowed to zero without a word. This class keeps
+    the parent's variables (and their order) so checkpoints written with it still restore;
+    `dynamic_scale` is just carried along, pinned to 1 by `reset_scale`.
+    """
+
+    def scale_loss(self, loss):
+        return loss
+
+    def _stateful_handle_finite_grads(self, grads, trainable_variables):
+        self.inner_optimizer.apply(grads, trainable_variables=trainable_variables)
+
+    def _stateful_handle_non_finite_grads(self):
+        """Nothing to update: the weights, the moments and iterations stay as they were."""
+
+    def reset_scale(self) -> float:
+        """Sets the carried scale to 1 (call in cross-replica context); returns the old value,
+        which a checkpoint of the halving optimizer may hold."""
+        old = float(self.dynamic_scale.numpy())
+        if old != 1.0:
+            self.dynamic_scale.assign(1.0)
+        return old

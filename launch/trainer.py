@@ -4,7 +4,8 @@ A `tf.function` runs `steps_per_loop` steps per host call. Each step pulls this 
 batch from a host-level, checkpointable tf.data iterator, splits it across the local
 replicas, computes gradients of the token-summed loss, all-reduces them, divides by the
 GLOBAL number of real target tokens, clips the global norm and applies them. A step whose
-gradients are not finite is skipped by the LossScaleOptimizer (float16 or not).
+gradients are not finite is skipped: by the LossScaleOptimizer under float16, by
+optim.SkipNonFinite (no loss scale) otherwise.
 """
 
 import contextlib
@@ -340,10 +341,11 @@ class _Fleet:
         return self.strategy.reduce(tf.distribute.ReduceOp.SUM, per_replica,
                                     axis=None).numpy()
 
-    def check_same_restored_step(self, restored_step: int | None, *, workdir: str) -> None:
-        """All workers resume the same step, or none starts: each worker's copy holds its
-        own data position, so a missing or stale copy would silently diverge, then hang."""
-        steps = self.gather([-1 if restored_step is None else restored_step])[:, 0]
+    def check_same_newest_step(self, newest_step: int, *, workdir: str) -> None:
+        """All workers list the same newest checkpoint step (-1: none), or none starts: each
+        worker's copy holds its own data position, so a missing or stale copy would silently
+        diverge, then hang."""
+        steps = self.gather([newest_step])[:, 0]
         if len(set(steps.tolist())) == 1:
             return
         found = []
@@ -408,6 +410,7 @@ def train(config, *, workdir: str, data_dir: str,
     Returns the per-step statistics of the steps run by this call. Raises Preempted after
     saving when any worker got SIGTERM, and PeerLost when a peer stops answering.
     """
+    started = time.time()  # temporary files older than this are an earlier attempt's
     validate_config(config)
     metadata = dataset.load_metadata(data_dir)
     config = resolve_config(config, metadata, strategy=strategy)
@@ -423,10 +426,11 @@ def train(config, *, workdir: str, data_dir: str,
     manager = checkpoints.manager(trainer.checkpoint, workdir=workdir,
                                   worker_index=worker_index, is_chief=is_chief,
                                   keep=config.train.keep_checkpoints)
-    restored = checkpoints.restore_latest(manager, trainer.checkpoint)
     with _peer_failures_as_peer_lost(num_workers, during="the resume check"):
-        fleet.check_same_restored_step(int(trainer.step.numpy()) if restored else None,
-                                       workdir=workdir)
+        restored = _restore(manager, trainer.checkpoint, fleet=fleet, workdir=workdir) >= 0
+    _unscale_old_checkpoint(trainer.optimizer)
+    checkpoints.remove_stale_temps(workdir, started=started, worker_index=worker_index,
+                                   is_chief=is_chief)
     if is_chief:
         tf.io.gfile.makedirs(workdir)
         checkpoints.write_text_atomically(
@@ -469,6 +473,57 @@ def train(config, *, workdir: str, data_dir: str,
                 raise Preempted(step, notified_workers=notified)
     writer.flush()
     return history
+
+
+def _restore(manager: tf.train.CheckpointManager, checkpoint: tf.train.Checkpoint, *,
+             fleet: _Fleet, workdir: str) -> int:
+    """Restores the newest step that every worker can read; returns it (-1: a fresh start).
+
+    Workers first compare their newest listed step (a missing or stale copy stops the job),
+    then step back together past checkpoints that any of them cannot read: a save cut short
+    must not crash-loop the restarts, and all workers must resume the same step.
+    """
+    newest = checkpoints.newest_step(manager)
+    restored, skipped = checkpoints.restore_newest_readable(manager, checkpoint)
+    fleet.check_same_newest_step(newest, workdir=workdir)
+    while True:
+        steps = fleet.gather([restored])[:, 0].astype(int).tolist()
+        if newest >= 0 and min(steps) < 0:
+            raise TrainingError(_unreadable_message(
+                steps, mine=fleet.worker_index, skipped=skipped, workdir=workdir))
+        if len(set(steps)) == 1:
+            break
+        if restored > min(steps):
+            restored, more = checkpoints.restore_newest_readable(manager, checkpoint,
+                                                                 at_most=min(steps))
+            skipped += more
+    if restored < newest:
+        why = ("; ".join(skipped) if skipped
+               else "another worker cannot read its copy of the newer steps")
+        logging.warning("resuming from step %d, not from the newest checkpoint (step %d): %s",
+                        restored, newest, why)
+    return restored
+
+
+def _unreadable_message(steps: list[int], *, mine: int, skipped: list[str],
+                        workdir: str) -> str:
+    """Why the job cannot resume: the workers that have checkpoints but can read none."""
+    lost = [index for index, step in enumerate(steps) if step < 0]
+    where = ", ".join(checkpoints.directory(workdir, worker_index=index, is_chief=index == 0)
+                      for index in lost)
+    details = f" ({'; '.join(skipped)})" if mine in lost and skipped else ""
+    return (f"no checkpoint in {where} can be read{details}. Restore those files from a "
+            "backup, or move the directory away to train from step 0, or use a new --workdir")
+
+
+def _unscale_old_checkpoint(optimizer) -> None:
+    """Checkpoints of the earlier optimizer carry a loss scale halved once per skipped step;
+    without float16 the scale is 1."""
+    if isinstance(optimizer, optim.SkipNonFinite):
+        old = optimizer.reset_scale()
+        if old != 1.0:
+            logging.warning("the checkpoint's loss scale %g is reset to 1: float32 and "
+                            "bfloat16 train without loss scaling", old)
 
 
 def _next_multiple(step: int, every: int) -> int:

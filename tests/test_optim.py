@@ -2,6 +2,7 @@ import keras
 import ml_collections
 import numpy as np
 import pytest
+import tensorflow as tf
 
 from launch import optim
 
@@ -83,3 +84,87 @@ def test_fused_adam_updates_equal_keras(fused, reference):
     for got, want, initial in zip(*results, start):
         np.testing.assert_allclose(got, want, rtol=1e-5, atol=1e-6)
         assert not np.allclose(got, initial)
+
+
+def adam_config():
+    return ml_collections.ConfigDict(dict(
+        name="adam", schedule="constant", learning_rate=1e-2, warmup_steps=0, beta1=0.9,
+        beta2=0.98, epsilon=1e-6, weight_decay=0.0))
+
+
+def built(optimizer, start):
+    variables = [keras.Variable(v) for v in start]
+    optimizer.build(variables)
+    return variables
+
+
+START = [np.linspace(-1, 1, 6, dtype=np.float32).reshape(2, 3), np.ones(3, np.float32)]
+GRADS = [np.full((2, 3), 0.5, np.float32), np.array([0.1, -0.2, 0.3], np.float32)]
+NAN_GRADS = [np.full((2, 3), np.nan, np.float32), np.array([np.inf, 0, 0], np.float32)]
+
+
+def one_adam_step(start, grads):
+    """The weights after one plain keras Adam step from `start`."""
+    reference = keras.optimizers.Adam(learning_rate=1e-2, beta_2=0.98, epsilon=1e-6)
+    variables = built(reference, start)
+    reference.apply([tf.constant(g) for g in grads], variables)
+    return [v.numpy() for v in variables]
+
+
+def test_without_float16_non_finite_steps_are_skipped_and_the_scale_stays_at_1():
+    optimizer = optim.create_optimizer(adam_config(), total_steps=1000, float16=False)
+    variables = built(optimizer, START)
+    apply = tf.function(lambda g: optimizer.apply(g, variables))
+    for _ in range(200):  # the halving wrapper reached 2**-200 == 0 here
+        apply([tf.constant(g) for g in NAN_GRADS])
+    assert int(optimizer.iterations.numpy()) == 0
+    assert float(optimizer.dynamic_scale.numpy()) == 1.0
+    assert float(optimizer.scale_loss(3.0)) == 3.0
+    for variable, initial in zip(variables, START):
+        np.testing.assert_array_equal(variable.numpy(), initial)
+    apply([tf.constant(g) for g in GRADS])
+    assert int(optimizer.iterations.numpy()) == 1
+    for got, want in zip(variables, one_adam_step(START, GRADS)):
+        np.testing.assert_allclose(got.numpy(), want, rtol=1e-6)
+
+
+def test_float16_still_halves_its_scale_on_a_non_finite_step():
+    optimizer = optim.create_optimizer(adam_config(), total_steps=1000, float16=True)
+    variables = built(optimizer, START)
+    for _ in range(3):
+        optimizer.apply([tf.constant(g) for g in NAN_GRADS], variables)
+    assert float(optimizer.scale_loss(1.0)) == optim.FLOAT16_INITIAL_SCALE / 8
+    assert int(optimizer.iterations.numpy()) == 0
+
+
+def test_a_checkpoint_of_the_halving_wrapper_restores_with_the_scale_back_at_1(tmp_path):
+    """Checkpoints written before SkipNonFinite hold a LossScaleOptimizer's variables."""
+    from launch import checkpoints
+
+    schedule = optim.WarmupSchedule(kind="constant", peak=1e-2, warmup_steps=0,
+                                    total_steps=1000)
+    old = keras.optimizers.LossScaleOptimizer(  # what create_optimizer returned before
+        optim.FusedAdam(learning_rate=schedule, beta_2=0.98, epsilon=1e-6), initial_scale=1.0,
+        dynamic_growth_steps=2 ** 30)
+    old_variables = built(old, START)
+    old.apply([tf.constant(g) for g in GRADS], old_variables)
+    for _ in range(5):
+        old.apply([tf.constant(g) for g in NAN_GRADS], old_variables)
+    assert float(old.dynamic_scale.numpy()) == 2.0 ** -5
+    path = tf.train.Checkpoint(
+        model=checkpoints.variables_by_index(old_variables),
+        optimizer=checkpoints.variables_by_index(old.variables)).write(str(tmp_path / "old"))
+
+    new = optim.create_optimizer(adam_config(), total_steps=1000, float16=False)
+    variables = built(new, [np.zeros_like(v) for v in START])
+    tf.train.Checkpoint(model=checkpoints.variables_by_index(variables),
+                        optimizer=checkpoints.variables_by_index(new.variables)
+                        ).read(path).assert_existing_objects_matched()
+    assert int(new.iterations.numpy()) == 1
+    assert new.reset_scale() == 2.0 ** -5
+    assert float(new.dynamic_scale.numpy()) == 1.0
+    new.apply([tf.constant(g) for g in GRADS], variables)
+    # What the old run should have done next: an unscaled step of its inner Adam.
+    old.inner_optimizer.apply([tf.constant(g) for g in GRADS], old_variables)
+    for got, want in zip(variables, old_variables):
+        np.testing.assert_allclose(got.numpy(), want.numpy(), rtol=1e-6)
