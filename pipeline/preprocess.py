@@ -123,53 +123,27 @@ def build_pipeline(pipeline: beam.Pipeline, *, train: Sequence[str], dev: Sequen
 
 
 def add_transforms(pipeline: beam.Pipeline, plan: JobPlan) -> beam.PCollection:
-    """The Beam graph: read -> clean -> (train tokenizer) -> tokenize -> group shards -> write.
-
-    Declared output types spare Beam from inferring them from the DoFns' bytecode.
-    """
-    # Read: one element per file, then Reshuffle so the batches spread over workers.
-    raw = (pipeline
-           | "ListInputs" >> beam.Create(list(plan.units))
-           | "Read" >> beam.ParDo(transforms.ReadBatches(plan.batch_size))
-           .with_output_types(bytes)
-           | "Spread" >> beam.Reshuffle())
-    cleaned = raw | "Clean" >> beam.ParDo(transforms.CleanPairs(
-        fractions=plan.fractions, emit_eval_keys=plan.check_overlaps)).with_output_types(
-            list).with_outputs("stats", transforms.DEAD_LETTER, "eval_keys", main="pairs")
-
-    side_inputs = {}
-    if plan.tokenizer.trained:  # else TokenizePairs and write_outputs read the given models
-        tokenizer = (cleaned.pairs
-                     | "SampleCandidates" >> beam.Map(
-                         transforms.tokenizer_candidates).with_output_types(list)
-                     | "Sample" >> beam.CombineGlobally(
-                         transforms.KeepSmallest(plan.tokenizer.sample_pairs))
-                     | "TrainTokenizer" >> beam.Map(
-                         transforms.train_tokenizer, settings=plan.tokenizer)
-                     .with_output_types(dict))
-        side_inputs["tokenizer"] = beam.pvalue.AsSingleton(tokenizer)
-    eval_keys = ({"eval_keys": beam.pvalue.AsList(cleaned.eval_keys)}
-                 if plan.check_overlaps else {})
-    tokenized = cleaned.pairs | "Tokenize" >> beam.ParDo(transforms.TokenizePairs(
-        max_length=plan.output.max_length, max_length_ratio=plan.max_length_ratio,
-        num_shards=plan.output.num_shards, tokenizer_settings=plan.tokenizer),
-        **side_inputs, **eval_keys).with_output_types(tuple).with_outputs(
-            "stats", main="examples")
-
-    # The job's one big shuffle groups each shard, the dead letters and the per-batch stats.
-    written = ((tokenized.examples, cleaned[transforms.DEAD_LETTER], cleaned.stats,
-                tokenized.stats)
-               | "Merge" >> beam.Flatten()
-               | "GroupShards" >> beam.GroupByKey()
-               | "Write" >> beam.ParDo(transforms.WriteShards(
-                   output_dir=plan.output.output_dir, num_shards=plan.output.num_shards))
-               .with_output_types(dict))
-    return (pipeline
-            | "Finish" >> beam.Create([None], reshuffle=False)
-            | "WriteMetadata" >> beam.Map(
-                transforms.write_outputs, stats=beam.pvalue.AsList(written),
-                settings=plan.output, tokenizer_settings=plan.tokenizer, **side_inputs)
-            .with_output_types(dict))
+    """The Beam graph, one named stage (pipeline/transforms.py) after another."""
+    output = plan.output
+    cleaned = (pipeline
+               | "Read" >> transforms.ReadRecords(plan.units, batch_size=plan.batch_size)
+               | "Clean" >> transforms.CleanRecords(fractions=plan.fractions,
+                                                    emit_eval_keys=plan.check_overlaps))
+    tokenizer = (cleaned["pairs"] | "TrainTokenizer" >> transforms.TrainTokenizer(plan.tokenizer)
+                 if plan.tokenizer.trained else None)  # else the given model files are read
+    tokenized = cleaned["pairs"] | "Tokenize" >> transforms.TokenizeExamples(
+        max_length=output.max_length, max_length_ratio=plan.max_length_ratio,
+        num_shards=output.num_shards, tokenizer_settings=plan.tokenizer, tokenizer=tokenizer,
+        eval_keys=cleaned["eval_keys"] if plan.check_overlaps else None)
+    shards = tokenized["examples"] | "WriteShards" >> transforms.WriteShards(
+        output_dir=output.output_dir, num_shards=output.num_shards)
+    dead_letters = cleaned["dead_letters"] | "WriteDeadLetters" >> transforms.WriteDeadLetters(
+        output_dir=output.output_dir)
+    return ((cleaned["stats"], tokenized["stats"], shards["stats"], dead_letters)
+            | "SumStats" >> transforms.SumStats()
+            | "WriteMetadata" >> transforms.WriteMetadata(
+                settings=output, tokenizer_settings=plan.tokenizer, shards=shards["shards"],
+                tokenizer=tokenizer))
 
 
 def preprocess(*, pipeline_options: PipelineOptions, **job) -> dict:

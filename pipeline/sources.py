@@ -10,6 +10,8 @@ carry the exact origin and 1-based line or entry number, for dead letters and au
 Line convention for text files: lines are split on b"\\n" only (never on \\r, U+0085 or
 U+2028 inside a line), one trailing b"\\r" is removed (CRLF files), and a UTF-8 byte order
 mark at the start of a file is removed. Everything else is left to the cleaning step.
+A line longer than MAX_LINE_BYTES (say, a file without newlines) is never held in memory:
+it becomes one record marked line_too_long that keeps only its first bytes.
 """
 
 import dataclasses
@@ -22,6 +24,7 @@ import tensorflow as tf
 
 # Reasons a reader marks a record as unusable. The cleaning step counts every one of them.
 MALFORMED = "malformed"  # e.g. a TSV line without exactly one tab; goes to the dead letters
+LINE_TOO_LONG = "line_too_long"  # longer than MAX_LINE_BYTES; goes to the dead letters
 GETTEXT_HEADER = "gettext_header"  # the catalog's metadata entry (msgid "")
 GETTEXT_PLURAL = "gettext_plural"  # plural forms: no one-to-one pair
 GETTEXT_UNTRANSLATED = "gettext_untranslated"  # empty msgstr
@@ -34,6 +37,9 @@ TRAIN_ONLY_SKIP_REASONS = (CMUDICT_ALTERNATE,)
 DEFAULT_LOCALE_DIR = "/usr/share/locale"
 _BOM = b"\xef\xbb\xbf"
 _CHUNK_BYTES = 1 << 22
+# No sentence pair is a megabyte long; a longer line is a wrong file or a missing newline.
+MAX_LINE_BYTES = 1 << 20
+OVERLONG_PREFIX_BYTES = 1024  # the start of an overlong line, kept for the dead letter
 _DEFAULT_TFDS_SPLIT = {"train": "train", "dev": "validation", "test": "test"}
 
 
@@ -49,16 +55,32 @@ class RawPair(NamedTuple):
     source: Union[bytes, str]
     target: Optional[Union[bytes, str]]
     problem: str = ""
+    detail: str = ""  # for the dead letter: what exactly is wrong
 
 
 # --------------------------------------------------------------------------------------------
 # Line reading (shared by the TSV and parallel text readers)
 
 
-def iter_lines(path: str) -> Iterator[bytes]:
-    """Yields the lines of a file split on b"\\n" only, without the newline and one b"\\r"."""
+class OverlongLine(NamedTuple):
+    """Stands for a line longer than the limit: its first bytes and its full length."""
+    prefix: bytes
+    length: int
+
+    def detail(self, path: str, limit: int) -> str:
+        return (f"{path}: line of {self.length} bytes is longer than the {limit}-byte limit; "
+                f"only its first {len(self.prefix)} bytes are kept here")
+
+
+def iter_lines(path: str, *, max_line_bytes: int = MAX_LINE_BYTES) -> Iterator:
+    """Yields the lines of a file split on b"\\n" only, without the newline and one b"\\r".
+
+    A line longer than max_line_bytes is yielded as an OverlongLine instead of bytes and
+    is skipped through without being kept: memory stays about 2 chunks + max_line_bytes.
+    """
     with tf.io.gfile.GFile(path, "rb") as stream:
-        pending = b""
+        pending = b""  # the start of the current line
+        overlong = 0  # > 0 while inside an overlong line: its bytes so far
         first = True
         while True:
             chunk = stream.read(_CHUNK_BYTES)
@@ -67,12 +89,34 @@ def iter_lines(path: str) -> Iterator[bytes]:
             if first:
                 chunk = chunk[len(_BOM):] if chunk.startswith(_BOM) else chunk
                 first = False
+            if overlong:
+                end = chunk.find(b"\n")
+                if end < 0:
+                    overlong += len(chunk)
+                    continue
+                yield OverlongLine(pending, overlong + end)
+                pending, overlong, chunk = b"", 0, chunk[end + 1:]
             lines = (pending + chunk).split(b"\n")
             pending = lines.pop()
-            for line in lines:
-                yield line[:-1] if line.endswith(b"\r") else line
-        if pending:
+            if lines and max(map(len, lines)) > max_line_bytes:
+                yield from _bounded(lines, max_line_bytes)
+            else:
+                for line in lines:
+                    yield line[:-1] if line.endswith(b"\r") else line
+            if len(pending) > max_line_bytes:
+                overlong, pending = len(pending), pending[:OVERLONG_PREFIX_BYTES]
+        if overlong:
+            yield OverlongLine(pending, overlong)
+        elif pending:
             yield pending[:-1] if pending.endswith(b"\r") else pending
+
+
+def _bounded(lines: list, max_line_bytes: int) -> Iterator:
+    for line in lines:
+        if len(line) > max_line_bytes:
+            yield OverlongLine(line[:OVERLONG_PREFIX_BYTES], len(line))
+        else:
+            yield line[:-1] if line.endswith(b"\r") else line
 
 
 def count_lines(path: str) -> int:
@@ -98,9 +142,15 @@ class TsvFile:
     """source<TAB>target per line. A line without exactly one tab is malformed."""
     split: str
     path: str
+    max_line_bytes: int = MAX_LINE_BYTES
 
     def read(self) -> Iterator[RawPair]:
-        for number, line in enumerate(iter_lines(self.path), start=1):
+        limit = self.max_line_bytes
+        for number, line in enumerate(iter_lines(self.path, max_line_bytes=limit), start=1):
+            if type(line) is OverlongLine:
+                yield RawPair(self.split, self.path, number, line.prefix, None, LINE_TOO_LONG,
+                              line.detail(self.path, limit))
+                continue
             fields = line.split(b"\t")
             if len(fields) == 2:
                 yield RawPair(self.split, self.path, number, fields[0], fields[1])
@@ -119,17 +169,33 @@ class ParallelTextFiles:
     split: str
     source_path: str
     target_path: str
+    max_line_bytes: int = MAX_LINE_BYTES
 
     def read(self) -> Iterator[RawPair]:
-        sources, targets = iter_lines(self.source_path), iter_lines(self.target_path)
+        limit = self.max_line_bytes
+        sources = iter_lines(self.source_path, max_line_bytes=limit)
+        targets = iter_lines(self.target_path, max_line_bytes=limit)
         number = 0
         for number, source in enumerate(sources, start=1):
             target = next(targets, None)
             if target is None:
                 raise SourceError(self._mismatch(number - 1))
+            if type(source) is OverlongLine or type(target) is OverlongLine:
+                yield self._overlong(number, source, target)
+                continue
             yield RawPair(self.split, self.source_path, number, source, target)
         if next(targets, None) is not None:
             raise SourceError(self._mismatch(number))
+
+    def _overlong(self, number: int, source, target) -> RawPair:
+        """The record of a line pair of which one side is too long (both sides shortened)."""
+        details = [line.detail(path, self.max_line_bytes)
+                   for line, path in ((source, self.source_path), (target, self.target_path))
+                   if type(line) is OverlongLine]
+        source, target = (line.prefix if type(line) is OverlongLine else
+                          line[:OVERLONG_PREFIX_BYTES] for line in (source, target))
+        return RawPair(self.split, self.source_path, number, source, target, LINE_TOO_LONG,
+                       "; ".join(details))
 
     def _mismatch(self, counted: int) -> str:
         return (f"parallel files differ in length: {self.source_path} and {self.target_path} "

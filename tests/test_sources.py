@@ -53,6 +53,49 @@ def test_lines_split_on_newline_only(tmp_path):
     assert sources.count_lines(str(path)) == 5
 
 
+@pytest.mark.parametrize("chunk_bytes", [3, 7, 1 << 22])
+def test_overlong_lines_become_markers_and_keep_line_numbers(tmp_path, monkeypatch,
+                                                             chunk_bytes):
+    monkeypatch.setattr(sources, "_CHUNK_BYTES", chunk_bytes)  # lines across chunk edges
+    monkeypatch.setattr(sources, "OVERLONG_PREFIX_BYTES", 4)
+    path = tmp_path / "x.txt"
+    path.write_bytes(b"short\r\n" + b"a" * 25 + b"\n" + b"ok\n" + b"b" * 11 + b"\r\n"
+                     + b"c" * 10 + b"\n" + b"d" * 30)  # the last line has no newline
+    lines = list(sources.iter_lines(str(path), max_line_bytes=10))
+    assert lines == [b"short", sources.OverlongLine(b"aaaa", 25), b"ok",
+                     sources.OverlongLine(b"bbbb", 12), b"c" * 10,
+                     sources.OverlongLine(b"dddd", 30)]
+    assert sources.count_lines(str(path)) == len(lines)
+
+
+def test_a_newline_free_file_is_one_overlong_line_read_in_bounded_chunks(tmp_path):
+    path = tmp_path / "blob.tsv"
+    with open(path, "wb") as stream:
+        for _ in range(8):
+            stream.write(b"\x00\t" * (1 << 19))  # 8 MiB, no newline
+    (record,) = list(sources.TsvFile("train", str(path), max_line_bytes=1 << 20).read())
+    assert (record.number, record.problem, record.target) == (1, "line_too_long", None)
+    assert record.source == (b"\x00\t" * 512)[:sources.OVERLONG_PREFIX_BYTES]
+    assert record.detail == (f"{path}: line of {8 << 20} bytes is longer than the 1048576-byte "
+                             f"limit; only its first 1024 bytes are kept here")
+
+
+def test_tsv_and_parallel_text_mark_overlong_lines(tmp_path):
+    (tmp_path / "x.tsv").write_bytes(b"a\tb\n" + b"long\t" * 10 + b"\nc\td\n")
+    records = list(sources.TsvFile("train", str(tmp_path / "x.tsv"), max_line_bytes=20).read())
+    assert [(r.number, r.problem) for r in records] == [(1, ""), (2, "line_too_long"), (3, "")]
+    (tmp_path / "src.txt").write_bytes(b"one\ntwo\nthree\n")
+    (tmp_path / "tgt.txt").write_bytes(b"eins\n" + b"zwei " * 10 + b"\ndrei\n")
+    unit = sources.ParallelTextFiles("train", str(tmp_path / "src.txt"),
+                                     str(tmp_path / "tgt.txt"), max_line_bytes=20)
+    records = list(unit.read())
+    assert [(r.number, r.problem) for r in records] == [(1, ""), (2, "line_too_long"), (3, "")]
+    assert (records[1].source, records[1].target) == (b"two", b"zwei " * 10)
+    assert records[1].detail.startswith(f"{tmp_path / 'tgt.txt'}: line of 50 bytes")
+    assert records[2] == sources.RawPair("train", str(tmp_path / "src.txt"), 3, b"three",
+                                         b"drei")
+
+
 def test_tsv_records_keep_line_numbers_and_mark_malformed_lines(tmp_path):
     path = tmp_path / "x.tsv"
     path.write_bytes(b"a\tb\nno tab\n\nx\ty\tz\nc\td\n")
