@@ -536,6 +536,7 @@ class _Progress:
     def __init__(self, config, *, writer, is_chief: bool):
         self.config, self.writer, self.is_chief = config, writer, is_chief
         self.nonfinite_run = 0
+        self.skipped_total = 0  # steps whose update was skipped for non-finite gradients
         self.window: list[StepStats] = []
         self.window_seconds = 0.0
 
@@ -566,17 +567,28 @@ class _Progress:
         step_time = self.window_seconds / max(len(self.window), 1)
         padding = 1.0 - real / max(sum(s.padded_positions for s in window), 1.0)
         remaining = (self.config.train.num_steps - step) * step_time
+        skipped = sum(not s.finite for s in self.window)
         scalars = {"loss": loss, "learning_rate": window[-1].learning_rate,
                    "grad_norm": window[-1].grad_norm, "tokens_per_s": tokens_per_s,
-                   "step_time": step_time, "padding_ratio": padding}
+                   "step_time": step_time, "padding_ratio": padding,
+                   "nonfinite_skipped_steps": skipped}
         for name, value in scalars.items():
             tf.summary.scalar(name, value, step=step)
+        self._warn_skipped(skipped, last_step=step)
         if self.is_chief:
             logging.info("step %d/%d  loss %.4f  lr %.2e  |g| %.3f  %.0f tok/s  %.3fs/step  "
                          "pad %.0f%%  ETA %s", step, self.config.train.num_steps, loss,
                          scalars["learning_rate"], scalars["grad_norm"], tokens_per_s,
                          step_time, 100 * padding, _duration(remaining))
         self.window, self.window_seconds = [], 0.0
+
+    def _warn_skipped(self, skipped: int, *, last_step: int) -> None:
+        """A skipped update is not silent: one line per logging window that had any."""
+        self.skipped_total += skipped
+        if skipped and self.is_chief:
+            logging.warning("%d of the %d steps up to step %d had non-finite gradients and "
+                            "did not update the model (%d in this run so far)", skipped,
+                            len(self.window), last_step, self.skipped_total)
 
 
 def _duration(seconds: float) -> str:

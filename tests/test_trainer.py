@@ -240,3 +240,58 @@ def test_gradient_accumulation_takes_k_batches_per_optimizer_step(data_dir):
         micro = [next(batches)["targets"].numpy() for _ in range(2)]
         expected.append(float(sum((m != 0).sum() for m in micro)))
     assert [s.target_tokens for s in stats] == expected
+
+
+def poison_gradients(monkeypatch, *, when):
+    """Makes the gradients NaN on the steps where `when(step variable)` holds."""
+    clean = trainer.Trainer._gradients
+
+    def poisoned(self, batch):
+        grads, sums = clean(self, batch)
+        factor = tf.where(when(self.step), np.float32(np.nan), np.float32(1.0))
+        return [g * factor for g in grads], sums
+
+    monkeypatch.setattr(trainer.Trainer, "_gradients", poisoned)
+
+
+@pytest.mark.parametrize("policy", ["", "mixed_bfloat16"])
+def test_many_non_finite_steps_leave_the_scale_at_1_and_later_steps_still_learn(
+        data_dir, monkeypatch, policy):
+    """The halving wrapper reached a scale of 0 after about 150 skips: no step updated again."""
+    poison_gradients(monkeypatch, when=lambda step: step < 150)
+    config = trainer.resolve_config(tiny_config(mixed_precision=policy),
+                                    dataset.load_metadata(data_dir),
+                                    strategy=tf.distribute.get_strategy())
+    trainer._configure_runtime(config)
+    run = trainer.Trainer(config, data_dir=data_dir, strategy=tf.distribute.get_strategy(),
+                          worker_index=0, num_workers=1)
+    initial = [v.numpy() for v in run.model.trainable_variables]
+    skipped = run.run_loop(150)
+    assert not any(s.finite for s in skipped)
+    assert int(run.optimizer.iterations.numpy()) == 0
+    for variable, value in zip(run.model.trainable_variables, initial):
+        np.testing.assert_array_equal(variable.numpy(), value)
+    learned = run.run_loop(30)
+    assert all(s.finite for s in learned)
+    assert int(run.optimizer.iterations.numpy()) == 30
+    assert float(run.optimizer.dynamic_scale.numpy()) == 1.0
+    assert mean_loss(learned[-5:]) < 0.9 * mean_loss(learned[:5])
+
+
+def test_skipped_steps_are_counted_in_the_log_and_in_tensorboard(data_dir, tmp_path,
+                                                                  monkeypatch, caplog):
+    poison_gradients(monkeypatch, when=lambda step: step % 3 == 2)  # steps 3, 6, 9, ...
+    config = tiny_config(num_steps=30, max_nonfinite_steps=2)
+    with caplog.at_level(logging.WARNING):
+        history = trainer.train(config, workdir=str(tmp_path), data_dir=data_dir,
+                                strategy=tf.distribute.get_strategy())
+    assert [i + 1 for i, s in enumerate(history) if not s.finite] == list(range(3, 31, 3))
+    assert "3 of the 10 steps up to step 10 had non-finite gradients" in caplog.text
+    assert "(10 in this run so far)" in caplog.text
+    counts = {}
+    for path in tf.io.gfile.glob(str(tmp_path / "train" / "events.out.tfevents.*")):
+        for event in tf.compat.v1.train.summary_iterator(path):
+            for value in event.summary.value:
+                if value.tag == "nonfinite_skipped_steps":
+                    counts[event.step] = float(tf.make_ndarray(value.tensor))
+    assert counts == {10: 3.0, 20: 3.0, 30: 4.0}
