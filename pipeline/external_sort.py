@@ -2,7 +2,7 @@
 
 A shard (or a range of dead letters) is sorted before it is written so its bytes do not
 depend on worker count or bundle order. With a small --num_shards over a big corpus one
-shard can be far larger than a worker's memory; beyond `budget_bytes` of input the items
+shard can be far larger than a worker's memory; beyond `budget_bytes` of items the items
 are sorted in runs, each pickled to a local temp file in chunks, and merged back lazily.
 Imports no Beam.
 """
@@ -14,7 +14,10 @@ import shutil
 import tempfile
 from typing import Callable, Iterable, Iterator, Optional
 
-SORT_BUFFER_BYTES = 64 << 20  # packed input bytes sorted in memory before a run spills
+SORT_BUFFER_BYTES = 64 << 20  # estimated memory of the items sorted before a run spills
+# What a small tuple and its fields cost in CPython beyond their packed bytes (a dead-letter
+# row packs to ~50 bytes but takes ~250 in memory): keeps the budget honest for small items.
+ITEM_OVERHEAD_BYTES = 200
 _CHUNK_BYTES = 1 << 20  # about this much of a run is unpickled at a time while merging
 
 
@@ -54,14 +57,15 @@ def _read_run(path: str) -> Iterator:
 @contextlib.contextmanager
 def sorted_items(batches: Iterable[tuple], *, key: Callable,
                  budget_bytes: int = SORT_BUFFER_BYTES) -> Iterator[Iterator]:
-    """All items of `batches` in `key` order, holding about budget_bytes of input at a time.
+    """All items of `batches` in `key` order, holding about budget_bytes of items at a time.
 
     Args:
-      batches: (items, approx_bytes) pairs, e.g. unpacked shuffle values and their packed
+      batches: (items, packed_bytes) pairs, e.g. unpacked shuffle values and their packed
         size; read once, lazily (a Dataflow group is paged in as it is iterated).
       key: sort key of an item.
-      budget_bytes: input bytes sorted in memory before a run goes to disk. Input that fits
-        is sorted in memory as before, with no disk I/O.
+      budget_bytes: estimated memory (packed bytes + ITEM_OVERHEAD_BYTES per item) sorted
+        in memory before a run goes to disk. Input that fits is sorted in memory as before,
+        with no disk I/O.
     Yields: an iterator over the sorted items; spill files are removed on exit.
     """
     spill = _Spill()
@@ -69,7 +73,7 @@ def sorted_items(batches: Iterable[tuple], *, key: Callable,
         buffer, buffered = [], 0
         for items, size in batches:
             buffer.extend(items)
-            buffered += size
+            buffered += size + ITEM_OVERHEAD_BYTES * len(items)
             if buffered >= budget_bytes:
                 buffer.sort(key=key)
                 spill.write_run(buffer, buffered)

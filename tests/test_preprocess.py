@@ -202,6 +202,28 @@ def test_metadata_contract(full_run, corpus):
         "train", "dev", "test"]
 
 
+def test_metadata_lists_every_shard_with_its_records_and_sha256(full_run, corpus, tmp_path,
+                                                                tiny_model_path):
+    output_dir, metadata = full_run
+    sparse = run_job(tmp_path, train=[f"tsv:{corpus}/test.tsv"], tokenizer_model=tiny_model_path,
+                     num_shards=8)  # 5 pairs: at least 3 shards are empty files
+    assert sum(not shard["records"] for shard in sparse["splits"]["train"]["shards"]) >= 3
+    for output_dir, metadata in ((output_dir, metadata), (str(tmp_path), sparse)):
+        check_shard_records(output_dir, metadata)
+
+
+def check_shard_records(output_dir, metadata):
+    for split, counts in metadata["splits"].items():
+        files = sorted(glob.glob(os.path.join(output_dir, features.shard_pattern(split))))
+        assert [shard["file"] for shard in counts["shards"]] == [
+            os.path.basename(path) for path in files]
+        for shard, path in zip(counts["shards"], files):
+            assert set(shard) == {"file", "records", "sha256"}
+            assert shard["records"] == sum(1 for _ in tf.data.TFRecordDataset(path))
+            assert shard["sha256"] == hashlib.sha256(open(path, "rb").read()).hexdigest()
+        assert sum(shard["records"] for shard in counts["shards"]) == counts["written"]
+
+
 def test_given_tokenizer_and_hash_carved_splits(corpus, tmp_path, tiny_model_path):
     metadata = run_job(tmp_path, train=[f"tsv:{corpus}/train.tsv"],
                        split_fractions={"dev": 0.2, "test": 0.2},
