@@ -48,6 +48,7 @@ def test_sorting_through_disk_gives_the_in_memory_order_and_cleans_up(monkeypatc
     rng = random.Random(5)
     items = [(f"{rng.randrange(10**6):06d}", rng.randrange(9)) for _ in range(5000)]
     batches = [(items[i:i + 100], 1000) for i in range(0, len(items), 100)]
+    monkeypatch.setattr(external_sort, "ITEM_OVERHEAD_BYTES", 0)  # budget = packed bytes
     spills = _RunCounter(monkeypatch)
     with external_sort.sorted_items(iter(batches), key=lambda item: item[0],
                                     budget_bytes=4000) as result:
@@ -61,9 +62,18 @@ def test_sorting_through_disk_gives_the_in_memory_order_and_cleans_up(monkeypatc
 def test_input_within_budget_never_touches_disk(monkeypatch):
     spills = _RunCounter(monkeypatch)
     with external_sort.sorted_items([([3, 1], 10), ([2], 10)], key=int,
-                                    budget_bytes=100) as result:
+                                    budget_bytes=10_000) as result:
         assert list(result) == [1, 2, 3]
     assert spills.runs == 0
+
+
+def test_many_small_items_count_their_memory_not_just_their_packed_bytes(monkeypatch):
+    spills = _RunCounter(monkeypatch)
+    budget = 100 * external_sort.ITEM_OVERHEAD_BYTES
+    with external_sort.sorted_items([(list(range(i, i + 50)), 1) for i in range(0, 500, 50)],
+                                    key=int, budget_bytes=budget) as result:
+        assert list(result) == list(range(500))
+    assert spills.runs == 5  # 10 batches of 50 items: a run every 2 batches
 
 
 def test_spill_files_are_removed_when_writing_fails(monkeypatch, tmp_path):
