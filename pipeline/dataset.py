@@ -38,10 +38,14 @@ def load_metadata(data_dir: str) -> dict:
 
 def shard_files(data_dir: str, split: str) -> list[str]:
     """Sorted shard paths of one split; sorted so every worker sees the same order."""
-    files = sorted(tf.io.gfile.glob(os.path.join(data_dir, features.shard_pattern(split))))
+    files = _glob_shards(data_dir, split)
     if not files:
         raise DataDirError(f"{data_dir} has no shards for split '{split}'")
     return files
+
+
+def _glob_shards(data_dir: str, split: str) -> list[str]:
+    return sorted(tf.io.gfile.glob(os.path.join(data_dir, features.shard_pattern(split))))
 
 
 # Data dirs whose metadata.json predates per-shard records, already warned about.
@@ -61,15 +65,15 @@ def verified_shard_files(data_dir: str, split: str, *, metadata: dict | None = N
     """
     metadata = load_metadata(data_dir) if metadata is None else metadata
     recorded = _recorded_shards(metadata, data_dir=data_dir, split=split)
-    files = shard_files(data_dir, split)
     if recorded is None:
         if (data_dir, split) not in _UNVERIFIABLE_WARNED:
             _UNVERIFIABLE_WARNED.add((data_dir, split))
             logging.warning("%s: metadata.json lists no shards for split '%s' (written before "
                             "preprocess recorded them): a missing or truncated shard cannot be "
                             "detected", data_dir, split)
-        return files
-    _check_shard_names(files, recorded, data_dir=data_dir, split=split)
+        return shard_files(data_dir, split)
+    _check_shard_names(_glob_shards(data_dir, split), recorded, data_dir=data_dir, split=split)
+    files = shard_files(data_dir, split)
     for path in files:
         expected = recorded[os.path.basename(path)]
         if count_records:
