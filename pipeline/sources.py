@@ -112,6 +112,7 @@ def iter_lines(path: str, *, max_line_bytes: int = MAX_LINE_BYTES) -> Iterator:
 
 
 def _bounded(lines: list, max_line_bytes: int) -> Iterator:
+    """The rare path of iter_lines: a chunk whose lines include an overlong one."""
     for line in lines:
         if len(line) > max_line_bytes:
             yield OverlongLine(line[:OVERLONG_PREFIX_BYTES], len(line))
