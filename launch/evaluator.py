@@ -583,10 +583,11 @@ def unfinished_message(*, last: int, seen: int, num_steps: int, timeout: float) 
     if seen >= num_steps:
         return (f"the final checkpoint (step {seen}) was deleted before it could be scored; "
                 f"the last scored step is {last}")
+    waited = f"of the last one (step {seen})" if seen else "(none appeared)"
     return (f"no checkpoint at step {num_steps} (config.train.num_steps) appeared within "
-            f"{timeout:g} s of the last one (step {seen}); the last scored step is {last}. "
-            "The trainer is slow, stopped or failed: check it, then rerun --watch (scored "
-            "steps are skipped)")
+            f"{timeout:g} s {waited}; the last scored step is {last or 'none'}. The "
+            "trainer is slow, stopped or failed: check it, then rerun --watch (scored steps "
+            "are skipped)")
 
 
 def export_checkpoint(*, workdir: str, data_dir: str, export_dir: str, checkpoint: str = "",

@@ -93,6 +93,7 @@ def save_translator(model, *, saved_model_dir: str, source_model: bytes, target_
 
 def write_manifest(directory: str, manifest: dict) -> None:
     """The manifest marks a finished model directory; it is written after the model."""
+    tf.io.gfile.makedirs(directory)
     shared_files.write_text_atomically(export_layout.join(directory, MANIFEST),
                                        json.dumps(manifest, indent=2, sort_keys=True) + "\n")
 

@@ -5,6 +5,8 @@ import os
 import shutil
 import subprocess
 import sys
+import threading
+import time
 
 import numpy as np
 import pytest
@@ -13,7 +15,7 @@ import tensorflow as tf
 
 import toy_data
 from configs import tiny
-from launch import evaluator, export, trainer
+from launch import eval_records, evaluator, export_lib, shared_files, trainer
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
@@ -35,11 +37,40 @@ def trained(tmp_path_factory):
     return data_dir, str(root / "work")
 
 
-def copy_workdir(trained, tmp_path):
+def copy_workdir(trained, tmp_path, name="work"):
     data_dir, workdir = trained
-    copy = tmp_path / "work"
+    copy = tmp_path / name
     shutil.copytree(workdir, copy)
     return data_dir, str(copy)
+
+
+def metrics(workdir, split="dev") -> list[dict]:
+    return eval_records.read_metrics(os.path.join(workdir, "eval", split,
+                                                  eval_records.METRICS_FILE))
+
+
+def checkpoint(workdir, step) -> str:
+    return os.path.join(workdir, "checkpoints", f"ckpt-{step}")
+
+
+def leftovers(workdir) -> list[str]:
+    """Lease claims and temp files anywhere in the workdir (none once writers are done)."""
+    return [name for _, _, names in os.walk(workdir) for name in names
+            if name.startswith(shared_files.export_layout.LEASE_PREFIX) or ".tmp-" in name]
+
+
+def versions(workdir) -> list[str]:
+    root = evaluator.export_root(workdir)
+    return sorted(n for n in os.listdir(root) if export_lib.VERSION_PATTERN.match(n))
+
+
+def score_by_step(monkeypatch):
+    """BLEU = step / 10, so the best checkpoint is known whatever the model learned."""
+    real = evaluator.Evaluator._score
+
+    def score(self, path, **kwargs):
+        return {**real(self, path, **kwargs), "bleu": evaluator.checkpoint_step(path) / 10}
+    monkeypatch.setattr(evaluator.Evaluator, "_score", score)
 
 
 def test_score_matches_sacrebleu_on_fixed_strings():
@@ -124,7 +155,7 @@ def test_evaluate_latest_writes_metrics_hypotheses_and_best_export(trained, tmp_
     rows = evaluator.evaluate(workdir=workdir, data_dir=data_dir, split="dev")
     assert [r["step"] for r in rows] == [400]
     out = os.path.join(workdir, "eval", "dev")
-    lines = open(os.path.join(out, evaluator.METRICS_FILE)).read().splitlines()
+    lines = open(os.path.join(out, eval_records.METRICS_FILE)).read().splitlines()
     row = json.loads(lines[0])
     assert len(lines) == 1 and row["step"] == 400
     assert {"bleu", "chrf", "bleu_signature", "xent", "token_accuracy"} <= set(row)
@@ -133,7 +164,11 @@ def test_evaluate_latest_writes_metrics_hypotheses_and_best_export(trained, tmp_
     assert len(hyps) == 32
     assert row["bleu"] == pytest.approx(sacrebleu.corpus_bleu(hyps, [refs]).score)
     assert row["chrf"] > 50.0  # it learned the copy task (sentences too short for BLEU-4)
-    assert tf.io.gfile.exists(os.path.join(workdir, "export", "best", export.MANIFEST))
+    root = evaluator.export_root(workdir)
+    manifest = export_lib.read_manifest(root)
+    assert (manifest["step"], manifest["split"], manifest["best_metric"]) == (400, "dev", "bleu")
+    assert rows[0]["exported"] == export_lib.resolve(root) != root
+    assert os.path.dirname(rows[0]["exported"]) == root
 
 
 def test_teacher_forced_scores_are_the_per_token_loss_and_accuracy_of_every_pair(trained):
@@ -157,12 +192,6 @@ def test_teacher_forced_scores_are_the_per_token_loss_and_accuracy_of_every_pair
     assert result["token_accuracy"] > 80  # it learned the copy task (chance: 1 in 21)
 
 
-def test_the_best_g2p_checkpoint_is_the_lowest_word_error_rate_not_the_highest_bleu():
-    rows = [{"bleu": 80.0, "wer": 30.0}, {"bleu": 79.0, "wer": 28.0}]
-    assert max(rows, key=evaluator.selection_score) is rows[1]
-    assert max([{"bleu": 20.0}, {"bleu": 25.0}], key=evaluator.selection_score)["bleu"] == 25.0
-
-
 def test_watch_skips_scored_steps_after_restart(trained, tmp_path):
     data_dir, workdir = copy_workdir(trained, tmp_path)
     first = evaluator.evaluate(workdir=workdir, data_dir=data_dir, split="dev", watch=True,
@@ -170,23 +199,198 @@ def test_watch_skips_scored_steps_after_restart(trained, tmp_path):
     assert [r["step"] for r in first] == [400]
     out = os.path.join(workdir, "eval", "dev")
     written = {name: os.stat(os.path.join(out, name)).st_mtime_ns
-               for name in (evaluator.METRICS_FILE, "hyp-400.txt")}
+               for name in (eval_records.METRICS_FILE, "hyp-400.txt")}
     second = evaluator.evaluate(workdir=workdir, data_dir=data_dir, split="dev", watch=True,
                                 timeout=1)
     assert second == []
     assert written == {name: os.stat(os.path.join(out, name)).st_mtime_ns for name in written}
-    assert len(open(os.path.join(out, evaluator.METRICS_FILE)).readlines()) == 1
+    assert len(open(os.path.join(out, eval_records.METRICS_FILE)).readlines()) == 1
 
 
-def test_watch_survives_a_checkpoint_deleted_before_it_is_read(trained, tmp_path):
+def test_watch_skips_a_checkpoint_whose_data_file_vanishes_between_listing_and_restore(
+        trained, tmp_path, monkeypatch, caplog):
+    """The watcher has read ckpt-200's name; then the trainer writes ckpt-400 and its keep-1
+    policy deletes ckpt-200's data file before the restore reads it."""
     data_dir, workdir = copy_workdir(trained, tmp_path)
-    # The trainer's keep-M policy removed ckpt-400 after the watcher learned its name.
-    for path in tf.io.gfile.glob(os.path.join(workdir, "checkpoints", "ckpt-400*")):
-        os.remove(path)
+    ckpt_dir = os.path.join(workdir, "checkpoints")
+    tf.compat.v1.train.update_checkpoint_state(
+        ckpt_dir, checkpoint(workdir, 200), all_model_checkpoint_paths=[checkpoint(workdir, 200)])
+    real_restore = evaluator.restore
+
+    def restore_after_deletion(run, paths):
+        if paths == [checkpoint(workdir, 200)]:
+            for data in tf.io.gfile.glob(checkpoint(workdir, 200) + ".data-*"):
+                os.remove(data)
+            tf.compat.v1.train.update_checkpoint_state(
+                ckpt_dir, checkpoint(workdir, 400),
+                all_model_checkpoint_paths=[checkpoint(workdir, 400)])
+        real_restore(run, paths)
+    monkeypatch.setattr(evaluator, "restore", restore_after_deletion)
     rows = evaluator.evaluate(workdir=workdir, data_dir=data_dir, split="dev", watch=True,
-                              timeout=1)
-    assert rows == []
-    assert not os.path.exists(os.path.join(workdir, "eval", "dev", evaluator.METRICS_FILE))
+                              timeout=30)
+    assert [r["step"] for r in rows] == [400]
+    assert [r["step"] for r in metrics(workdir)] == [400]
+    warnings = [r.getMessage() for r in caplog.records if r.levelname == "WARNING"]
+    assert any(f"checkpoint {checkpoint(workdir, 200)} was deleted" in w for w in warnings)
+    assert export_lib.read_manifest(evaluator.export_root(workdir))["step"] == 400
+    # Scoring that checkpoint by name is a clear error instead.
+    with pytest.raises(evaluator.EvaluationError, match="ckpt-200 was deleted before"):
+        evaluator.evaluate(workdir=workdir, data_dir=data_dir, split="dev",
+                           checkpoint=checkpoint(workdir, 200))
+
+
+def test_watch_that_times_out_before_the_final_step_exits_3_with_a_message(trained, tmp_path):
+    data_dir, workdir = copy_workdir(trained, tmp_path)
+    config_path = os.path.join(workdir, "config.json")
+    config = json.load(open(config_path))
+    config["train"]["num_steps"] = 600  # the trainer has not reached its last step
+    json.dump(config, open(config_path, "w"))
+    result = run_cli(["-m", "launch.evaluate", f"--workdir={workdir}", f"--data_dir={data_dir}",
+                      "--watch", "--timeout=1", "--noexport_best"])
+    assert result.returncode == 3, result.stderr[-3000:]
+    assert "dev set, step 400" in result.stdout  # what was scored is still reported
+    assert ("s2s-evaluate: error: no checkpoint at step 600 (config.train.num_steps) appeared "
+            "within 1 s of the last one (step 400); the last scored step is 400") in result.stderr
+    assert "Traceback" not in result.stderr
+    # The final checkpoint gone before it could be read is an error too, not a silent stop.
+    shutil.rmtree(os.path.join(workdir, "eval"))
+    for path in tf.io.gfile.glob(checkpoint(workdir, 400) + ".data-*"):
+        os.remove(path)
+    config["train"]["num_steps"] = 400
+    json.dump(config, open(config_path, "w"))
+    with pytest.raises(evaluator.WatchTimeout, match="the final checkpoint .step 400. was "
+                                                     "deleted before it could be scored"):
+        evaluator.evaluate(workdir=workdir, data_dir=data_dir, watch=True, timeout=1,
+                           export_best=False)
+
+
+class Crash(BaseException):
+    """Stands for the process dying: no handler catches it."""
+
+
+def crash_after(patch, module, name, point):
+    original = getattr(module, name)
+
+    def wrapped(*args, **kwargs):
+        original(*args, **kwargs)
+        raise Crash(point)
+    patch.setattr(module, name, wrapped)
+
+
+def inject_crash(patch, point: str) -> None:
+    """Makes the evaluator die at `point` of recording and exporting a checkpoint."""
+    def crash(*args, **kwargs):
+        raise Crash(point)
+
+    def half_written(model, *, saved_model_dir, **kwargs):
+        original(model, saved_model_dir=saved_model_dir, **kwargs)
+        os.remove(os.path.join(saved_model_dir, export_lib.MANIFEST))
+        raise Crash(point)
+
+    def die_holding_the_lease(self):
+        if not dead and not self.directory.endswith(os.path.join("export", "best")):
+            return release(self)  # the evaluator's lease before scoring; die at the export's
+        dead.append(self.id)  # then the evaluator's lease is never released either
+        shared_files._HELD.discard(self.id)  # the process, and its memory, are gone
+        raise Crash(point)
+
+    original, release, dead = export_lib.save_translator, shared_files.Lease.release, []
+    if point == "before_metrics_row":
+        patch.setattr(eval_records, "append_metrics", crash)
+    elif point == "after_metrics_row":
+        crash_after(patch, eval_records, "append_metrics", point)
+    elif point == "saved_model_half_written":
+        patch.setattr(export_lib, "save_translator", half_written)
+    elif point == "before_pointer":
+        crash_after(patch, export_lib, "save_translator", point)
+    elif point == "after_pointer":
+        patch.setattr(export_lib, "prune", crash)
+    else:
+        patch.setattr(shared_files.Lease, "release", die_holding_the_lease)
+
+
+@pytest.fixture(scope="module")
+def scored_200(trained, tmp_path_factory):
+    """A workdir whose dev evaluator scored and exported ckpt-200 (BLEU = step / 10)."""
+    data_dir, workdir = copy_workdir(trained, tmp_path_factory.mktemp("scored"))
+    with pytest.MonkeyPatch.context() as patch:
+        score_by_step(patch)
+        evaluator.evaluate(workdir=workdir, data_dir=data_dir, checkpoint=checkpoint(workdir, 200))
+    return data_dir, workdir
+
+
+@pytest.mark.parametrize("point", ["before_metrics_row", "after_metrics_row",
+                                   "saved_model_half_written", "before_pointer",
+                                   "after_pointer", "lease_never_released"])
+def test_a_crash_at_any_point_leaves_a_loadable_best_and_a_restart_exports_the_best_step(
+        scored_200, tmp_path, monkeypatch, point):
+    data_dir, workdir = copy_workdir(scored_200, tmp_path)
+    score_by_step(monkeypatch)
+    root = evaluator.export_root(workdir)
+    with pytest.MonkeyPatch.context() as patch:
+        inject_crash(patch, point)
+        with pytest.raises(Crash):
+            evaluator.evaluate(workdir=workdir, data_dir=data_dir, split="dev")
+    # Right after the crash: export/best loads and names a step that metrics.jsonl holds.
+    exported = export_lib.read_manifest(root)["step"]
+    assert exported in {r["step"] for r in metrics(workdir)}
+    assert exported == (400 if point in ("after_pointer", "lease_never_released") else 200)
+    translations = export_lib.load_translator(root)(inputs=tf.constant(["a b c"]))
+    assert translations["translations"].shape == [1]
+    # A restarted evaluator makes the export the best row, and cleans up.
+    evaluator.evaluate(workdir=workdir, data_dir=data_dir, split="dev", watch=True, timeout=1)
+    rows = metrics(workdir)
+    assert sorted(r["step"] for r in rows) == [200, 400]
+    assert export_lib.read_manifest(root)["step"] == max(rows, key=lambda r: r["bleu"])["step"]
+    # A dead writer's claim on export/best waits for the next export, but blocks nothing.
+    claims = [os.path.join(root, n) for n in leftovers(workdir) if n.startswith("_lease-")]
+    assert all(shared_files.is_stale(shared_files.read_claim(c)) for c in claims)
+    assert len(claims) == (point == "lease_never_released")
+    assert [n for n in leftovers(workdir) if not n.startswith("_lease-")] == []
+    assert len(versions(workdir)) <= 2
+
+
+def test_two_evaluators_on_one_workdir_keep_every_row_and_export_the_best(
+        trained, tmp_path, monkeypatch):
+    """Two evaluators in one process (so with one PID, like two containers' PID 1) score
+    different checkpoints at once; each dwells in the metrics append, where two writers
+    without a lease would read the same file and one row would be lost."""
+    data_dir, workdir = copy_workdir(trained, tmp_path)
+    score_by_step(monkeypatch)
+    inside, peak, guard = [0], [0], threading.Lock()
+    real_append = eval_records.append_metrics
+
+    def slow_append(path, row):
+        with guard:
+            inside[0] += 1
+            peak[0] = max(peak[0], inside[0])
+        time.sleep(1.0)
+        try:
+            return real_append(path, row)
+        finally:
+            with guard:
+                inside[0] -= 1
+    monkeypatch.setattr(eval_records, "append_metrics", slow_append)
+    errors = []
+
+    def run(step):
+        try:
+            evaluator.evaluate(workdir=workdir, data_dir=data_dir, split="dev",
+                               checkpoint=checkpoint(workdir, step))
+        except BaseException as error:  # noqa: BLE001 - reported by the assertion below
+            errors.append(error)
+
+    threads = [threading.Thread(target=run, args=(step,)) for step in (400, 200)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join(timeout=600)
+    assert errors == [] and peak[0] == 1
+    assert sorted(r["step"] for r in metrics(workdir)) == [200, 400]
+    assert export_lib.read_manifest(evaluator.export_root(workdir))["step"] == 400
+    assert leftovers(workdir) == []
+    assert all(os.path.exists(os.path.join(evaluator.export_root(workdir), v,
+                                           export_lib.MANIFEST)) for v in versions(workdir))
 
 
 def test_average_of_checkpoints_is_the_mean_of_their_weights(trained):
@@ -242,6 +446,13 @@ def test_bad_inputs_are_clear_errors(trained, tmp_path):
     json.dump(metadata, open(metadata_path, "w"))
     with pytest.raises(evaluator.EvaluationError, match="tokenizer sha256"):
         evaluator.evaluate(workdir=workdir, data_dir=other)
+    with pytest.raises(evaluator.EvaluationError, match="grapheme-to-phoneme data only"):
+        evaluator.evaluate(workdir=workdir, data_dir=data_dir, best_metric="wer")
+    metrics_path = os.path.join(workdir, "eval", "dev", eval_records.METRICS_FILE)
+    os.makedirs(os.path.dirname(metrics_path))
+    open(metrics_path, "w").write('{"step": 200}\n{"step": 4\n')
+    with pytest.raises(eval_records.MetricsFileError, match="metrics.jsonl line 2 is not"):
+        evaluator.evaluate(workdir=workdir, data_dir=data_dir)
 
 
 def run_cli(args, **kwargs):
@@ -260,12 +471,14 @@ def test_export_round_trip_in_a_fresh_process_matches_the_evaluator(trained, tmp
               "serve = tf.saved_model.load(sys.argv[1]).signatures['serving_default']\n"
               "out = serve(inputs=tf.constant(json.loads(sys.argv[2])))\n"
               "print(json.dumps([t.decode() for t in out['translations'].numpy()]))\n")
-    # No project code on the path: run from an empty directory with a clean PYTHONPATH.
+    # No project code on the path: run from an empty directory with a clean PYTHONPATH,
+    # on the plain SavedModel directory that export/best points to.
+    saved_model = export_lib.resolve(evaluator.export_root(workdir))
+    assert saved_model == row["exported"]
     env = dict(os.environ, PYTHONPATH="", TF_CPP_MIN_LOG_LEVEL="2")
     result = subprocess.run(
-        [sys.executable, "-c", script, os.path.join(workdir, "export", "best"),
-         json.dumps(sources)], capture_output=True, text=True, env=env, cwd=str(tmp_path),
-        timeout=300)
+        [sys.executable, "-c", script, saved_model, json.dumps(sources)], capture_output=True,
+        text=True, env=env, cwd=str(tmp_path), timeout=300)
     assert result.returncode == 0, result.stderr[-3000:]
     translations = json.loads(result.stdout.strip().splitlines()[-1])
     hyps = open(os.path.join(workdir, "eval", "dev", "hyp-400.txt")).read().splitlines()
@@ -277,14 +490,14 @@ def test_export_round_trip_in_a_fresh_process_matches_the_evaluator(trained, tmp
                                    ["--jit_compile"]], ids=["mirrored", "jit"])
 def test_data_parallel_and_compiled_decoding_give_the_one_device_hypotheses(trained, tmp_path,
                                                                            flags):
-    data_dir, workdir = copy_workdir(trained, tmp_path)
     hyps, rows = {}, {}
     for name, extra in (("one", []), ("other", flags)):
+        # One workdir each: the same step and settings are one measurement, recorded once.
+        data_dir, workdir = copy_workdir(trained, tmp_path, name)
         result = run_cli(["-m", "launch.evaluate", f"--workdir={workdir}",
                           f"--data_dir={data_dir}", "--split=dev", "--noexport_best", *extra])
         assert result.returncode == 0, result.stderr[-3000:]
-        rows[name] = evaluator.read_metrics(os.path.join(workdir, "eval", "dev",
-                                                         evaluator.METRICS_FILE))[-1]
+        [rows[name]] = metrics(workdir)
         hyps[name] = open(os.path.join(workdir, "eval", "dev", "hyp-400.txt")).read()
     assert (rows["one"]["replicas"], rows["other"]["replicas"]) == (
         1, 2 if "--strategy=mirrored" in flags else 1)
@@ -305,11 +518,14 @@ def test_ctranslate2_export_decodes_greedily_as_our_decoder(trained, tmp_path):
     result = run_cli(["-m", "launch.export", f"--workdir={workdir}", f"--data_dir={data_dir}",
                       f"--export_dir={export_dir}", "--format=ctranslate2"])
     assert result.returncode == 0, result.stderr[-3000:]
+    model_dir = result.stdout.strip().splitlines()[-1]
+    assert model_dir == export_lib.resolve(export_dir) != export_dir
+    assert export_lib.read_manifest(export_dir)["format"] == "ctranslate2"
     run = evaluator.load_run(workdir=workdir, data_dir=data_dir)
     evaluator.restore(run, [tf.train.latest_checkpoint(os.path.join(workdir, "checkpoints"))])
     sources, _, source_ids = evaluator.read_split(run, split="dev", data_dir=data_dir)
     pieces = spm.SentencePieceProcessor(model_proto=run.source_tokenizer.model)
-    translator = ctranslate2.Translator(export_dir, device="cpu", intra_threads=1)
+    translator = ctranslate2.Translator(model_dir, device="cpu", intra_threads=1)
     theirs = translator.translate_batch([pieces.encode(s, out_type=str) for s in sources],
                                         beam_size=1, max_decoding_length=16)
     ours, _ = decoding.greedy_decode(run.model, evaluator.padded_batch(
@@ -338,12 +554,16 @@ def test_translate_cli_reads_stdin(trained, tmp_path):
     result = run_cli(["-m", "launch.export", f"--workdir={workdir}", f"--data_dir={data_dir}",
                       f"--export_dir={export_dir}"])
     assert result.returncode == 0, result.stderr[-3000:]
+    saved_model = result.stdout.strip().splitlines()[-1]
+    assert os.path.exists(os.path.join(saved_model, "saved_model.pb"))
+    resolved = run_cli(["-m", "launch.export", f"--resolve={export_dir}"])
+    assert (resolved.returncode, resolved.stdout.strip()) == (0, saved_model)
     inputs = ["a b c d e f", "h a g", "b e d c a b", "c", "a b"]
     result = run_cli(["-m", "launch.translate", f"--model={export_dir}", "--batch_size=2"],
                      input="".join(line + "\n" for line in inputs))
     assert result.returncode == 0, result.stderr[-3000:]
     # Batched by length, written back in input order: line i translates input line i.
-    serve = export.load_translator(export_dir)
+    serve = export_lib.load_translator(saved_model)
     alone = [serve(inputs=tf.constant([line]))["translations"].numpy()[0].decode()
              for line in inputs]
     assert result.stdout.splitlines() == alone
@@ -354,4 +574,18 @@ def test_translate_cli_refuses_a_directory_that_is_not_an_export(tmp_path):
     result = run_cli(["-m", "launch.translate", f"--model={tmp_path}"], input="abc\n")
     assert result.returncode == 2
     assert "is not an s2s-pipeline export" in result.stderr
+    assert "Traceback" not in result.stderr
+
+
+def test_export_cli_refuses_the_evaluators_root_and_missing_flags(trained, tmp_path):
+    data_dir, workdir = trained
+    result = run_cli(["-m", "launch.export", f"--workdir={workdir}", f"--data_dir={data_dir}",
+                      f"--export_dir={os.path.join(workdir, 'export', 'best')}/"])
+    assert result.returncode == 2
+    assert "is where s2s-evaluate keeps the best-scoring model" in result.stderr
+    result = run_cli(["-m", "launch.export", f"--workdir={workdir}"])
+    assert result.returncode == 2
+    assert "--data_dir, --export_dir required (or --resolve=ROOT)" in result.stderr
+    result = run_cli(["-m", "launch.export", f"--resolve={tmp_path}"])
+    assert result.returncode == 2 and "is not an s2s-pipeline export" in result.stderr
     assert "Traceback" not in result.stderr
