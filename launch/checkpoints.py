@@ -68,9 +68,22 @@ def step_of(path: str) -> int:
     return int(path.rsplit("-", 1)[1])
 
 
+def listed(checkpoint_manager: tf.train.CheckpointManager) -> list[str]:
+    """The checkpoints the state file names, oldest first, ending with its newest.
+
+    The manager's own list leaves out entries without a timestamp (a hand-written or
+    copied state file): its `latest_checkpoint` still names the newest one.
+    """
+    paths = list(checkpoint_manager.checkpoints)
+    latest = checkpoint_manager.latest_checkpoint
+    if latest and latest not in paths:
+        paths.append(latest)
+    return paths
+
+
 def newest_step(checkpoint_manager: tf.train.CheckpointManager) -> int:
     """The newest listed checkpoint's step (readable or not), -1 when none is listed."""
-    paths = checkpoint_manager.checkpoints
+    paths = listed(checkpoint_manager)
     return step_of(paths[-1]) if paths else -1
 
 
@@ -85,7 +98,7 @@ def restore_newest_readable(checkpoint_manager: tf.train.CheckpointManager,
     propagate: they do not make a checkpoint bad.
     """
     skipped = []
-    for path in reversed(checkpoint_manager.checkpoints):
+    for path in reversed(listed(checkpoint_manager)):
         if at_most is not None and step_of(path) > at_most:
             continue
         try:

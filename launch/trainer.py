@@ -426,8 +426,7 @@ def train(config, *, workdir: str, data_dir: str,
     manager = checkpoints.manager(trainer.checkpoint, workdir=workdir,
                                   worker_index=worker_index, is_chief=is_chief,
                                   keep=config.train.keep_checkpoints)
-    with _peer_failures_as_peer_lost(num_workers, during="the resume check"):
-        restored = _restore(manager, trainer.checkpoint, fleet=fleet, workdir=workdir) >= 0
+    restored = _restore(manager, trainer.checkpoint, fleet=fleet, workdir=workdir) >= 0
     _unscale_old_checkpoint(trainer.optimizer)
     checkpoints.remove_stale_temps(workdir, started=started, worker_index=worker_index,
                                    is_chief=is_chief)
@@ -485,9 +484,12 @@ def _restore(manager: tf.train.CheckpointManager, checkpoint: tf.train.Checkpoin
     """
     newest = checkpoints.newest_step(manager)
     restored, skipped = checkpoints.restore_newest_readable(manager, checkpoint)
-    fleet.check_same_newest_step(newest, workdir=workdir)
+    # Only the collectives: a storage error while reading is not a lost peer.
+    with _peer_failures_as_peer_lost(fleet.num_workers, during="the resume check"):
+        fleet.check_same_newest_step(newest, workdir=workdir)
     while True:
-        steps = fleet.gather([restored])[:, 0].astype(int).tolist()
+        with _peer_failures_as_peer_lost(fleet.num_workers, during="the resume check"):
+            steps = fleet.gather([restored])[:, 0].astype(int).tolist()
         if newest >= 0 and min(steps) < 0:
             raise TrainingError(_unreadable_message(
                 steps, mine=fleet.worker_index, skipped=skipped, workdir=workdir))

@@ -86,6 +86,14 @@ def test_unreadable_newest_checkpoint_falls_back_to_the_previous(data_dir, tmp_p
     tf.train.load_checkpoint(bad).get_variable_to_shape_map()  # written again, whole
 
 
+def test_a_hand_written_state_file_is_followed(data_dir, tmp_path):
+    """A state file without timestamps (written by hand, copied) still names the newest."""
+    train(tiny_config(10), tmp_path, data_dir)
+    (tmp_path / "checkpoints" / "checkpoint").write_text(
+        'model_checkpoint_path: "ckpt-5"\nall_model_checkpoint_paths: "ckpt-5"\n')
+    assert len(train(tiny_config(12), tmp_path, data_dir)) == 7  # steps 6..12
+
+
 def test_no_readable_checkpoint_is_one_error_naming_each(data_dir, tmp_path):
     train(tiny_config(10), tmp_path, data_dir)
     truncate_data(tmp_path, 10)
