@@ -2,6 +2,7 @@
 count of what was skipped; never a silent change of the data, never a traceback."""
 
 import os
+import random
 import re
 import shutil
 import subprocess
@@ -195,3 +196,37 @@ def test_skipped_pairs_are_logged_once_and_in_tensorboard(data_dir, tmp_path, ca
     assert values["skipped_pairs"][-1] > 0
     assert values["skipped_pairs"] == sorted(values["skipped_pairs"])  # a running count
     assert 0.2 < values["skipped_fraction"][-1] < 0.9
+
+
+# ---- the contract with the preprocess job ----------------------------------------------------
+
+def test_a_real_preprocess_output_passes_and_its_histogram_bounds_the_skips(tmp_path):
+    from pipeline import preprocess
+    rng = random.Random(0)
+
+    def line():
+        words = " ".join("".join(rng.choice("abcdefghij") for _ in range(rng.randint(1, 6)))
+                         for _ in range(rng.randint(1, 12)))
+        return f"{words}\t{words.upper()}\n"
+
+    (tmp_path / "train.tsv").write_text("".join(line() for _ in range(1500)))
+    (tmp_path / "dev.tsv").write_text("".join(line() for _ in range(60)))
+    output = str(tmp_path / "out")
+    preprocess.preprocess(pipeline_options=preprocess.pipeline_options_from_argv([]),
+                          output_dir=output, train=[f"tsv:{tmp_path}/train.tsv"],
+                          dev=[f"tsv:{tmp_path}/dev.tsv"], vocab_size=60, max_length=64,
+                          num_shards=3)
+    metadata = dataset.load_metadata(output)
+    for split in ("train", "dev"):
+        files = dataset.verified_shard_files(output, split, count_records=True)
+        assert [os.path.basename(f) for f in files] == [
+            s["file"] for s in metadata["splits"][split]["shards"]]
+    lengths = []
+    for example in tf.data.TFRecordDataset(dataset.shard_files(output, "train")).map(
+            features.parse_example):
+        lengths.append(max(len(example["inputs"]), len(example["targets"])))
+    assert len(lengths) == metadata["splits"]["train"]["written"]
+    for longest in (16, 24, 40):
+        low, high = dataset.skipped_by_length(metadata, split="train", longest=longest)
+        assert 0 < low <= sum(n > longest for n in lengths) <= high
+    assert dataset.skipped_by_length(metadata, split="train", longest=64) == (0, 0)
