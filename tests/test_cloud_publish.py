@@ -10,6 +10,7 @@ from http import HTTPStatus
 
 import pytest
 
+from launch import export_layout
 from launch.cloud import files, publish
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -94,15 +95,31 @@ def bucket(emulator):
     return files.bucket(name)
 
 
+def write_saved_model(directory, *, tag: str, manifest: dict) -> None:
+    """Stand-in SavedModel files (their bytes are opaque here) and the export manifest."""
+    (directory / "variables").mkdir(parents=True)
+    (directory / "saved_model.pb").write_bytes(b"graph-" + tag.encode())
+    (directory / "variables" / "variables.index").write_bytes(b"index")
+    (directory / publish.EXPORT_MANIFEST).write_text(json.dumps(manifest))
+
+
 def make_workdir(root, *, bleu: float, step: int = 2000, wer: float | None = None,
-                 tag: str = "run") -> str:
-    """What s2s-train + s2s-evaluate leave behind (the SavedModel bytes are opaque here)."""
+                 tag: str = "run", legacy: bool = False) -> str:
+    """What s2s-train + s2s-evaluate leave behind: export/best is an export root whose
+    pointer names the best version, beside the version before it (launch/export_layout.py);
+    legacy=True: the SavedModel itself, as exports were written before versioning."""
     workdir = root / tag
-    (workdir / "export" / "best" / "variables").mkdir(parents=True)
-    (workdir / "export" / "best" / "saved_model.pb").write_bytes(b"graph-" + tag.encode())
-    (workdir / "export" / "best" / "variables" / "variables.index").write_bytes(b"index")
-    (workdir / "export" / "best" / publish.EXPORT_MANIFEST).write_text(
-        json.dumps({"step": step, "split": "dev", "bleu": bleu}))
+    best = workdir / "export" / "best"
+    manifest = {"step": step, "split": "dev", "bleu": bleu}
+    if legacy:
+        write_saved_model(best, tag=tag, manifest=manifest)
+    else:
+        write_saved_model(best / "20260101T000000Z-step1000-0000aaaa", tag="older",
+                          manifest={**manifest, "step": step // 2, "bleu": bleu - 5})
+        write_saved_model(best / "20260102T000000Z-step2000-0000bbbb", tag=tag,
+                          manifest=manifest)
+        (best / export_layout.POINTER).write_text(json.dumps(
+            {"version": "20260102T000000Z-step2000-0000bbbb", "step": step}))
     (workdir / "config.json").write_text(json.dumps(
         {"model": {"name": "transformer", "num_encoder_layers": 3},
          "train": {"num_steps": step}}))
@@ -146,6 +163,7 @@ def assert_complete(bucket, record: dict) -> None:
     manifest = json.loads(bucket.blob(f"{base}/{publish.EXPORT_MANIFEST}").download_as_bytes())
     assert manifest["bleu"] == record["metrics"]["dev"]["bleu"]
     assert bucket.blob(f"{base}/variables/variables.index").exists()
+    assert not bucket.blob(f"{base}/{export_layout.POINTER}").exists()  # a plain SavedModel
     assert bucket.blob(files.split_gcs(record["card"])[1]).exists()
 
 
@@ -302,7 +320,28 @@ def test_cli_reports_a_workdir_without_export_in_one_line(tmp_path, bucket, emul
     result = cli_publish(f"--workdir={tmp_path}", f"--bucket={bucket.name}")
     assert result.returncode == 2
     assert result.stderr.strip().count("\n") == 0
-    assert "s2s_export.json not found" in result.stderr and "Traceback" not in result.stderr
+    assert "is not an s2s-pipeline export (no current.json and no s2s_export.json): no " \
+           "exported model; run s2s-evaluate --split=dev first" in result.stderr
+    assert "Traceback" not in result.stderr
+
+
+@pytest.mark.parametrize("legacy", [False, True], ids=["versioned", "before_versioning"])
+def test_the_candidate_is_the_version_the_pointer_names(tmp_path, legacy):
+    workdir = make_workdir(tmp_path, bleu=30.0, legacy=legacy)
+    candidate = publish.load_candidate(workdir=workdir)
+    best = os.path.join(workdir, "export", "best")
+    assert candidate.export_dir == (best if legacy else
+                                    f"{best}/20260102T000000Z-step2000-0000bbbb")
+    assert open(os.path.join(candidate.export_dir, "saved_model.pb"), "rb").read() == b"graph-run"
+    assert candidate.metrics["dev"]["step"] == 2000
+
+
+def test_a_pointer_to_a_missing_version_is_reported(tmp_path):
+    workdir = make_workdir(tmp_path, bleu=30.0)
+    pointer_path = os.path.join(workdir, "export", "best", export_layout.POINTER)
+    open(pointer_path, "w").write(json.dumps({"version": "20260103T000000Z-step3000-0000cccc"}))
+    with pytest.raises(publish.PublishError, match="which has no s2s_export.json"):
+        publish.load_candidate(workdir=workdir)
 
 
 def test_cli_reports_a_missing_bucket_in_one_line(tmp_path, emulator):
