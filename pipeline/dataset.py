@@ -6,6 +6,7 @@ once per bucket under XLA, and the host-level iterator is checkpointable for exa
 """
 
 import contextlib
+import hashlib
 import json
 import os
 import re
@@ -61,7 +62,8 @@ def verified_shard_files(data_dir: str, split: str, *, metadata: dict | None = N
     A deleted shard, or a stray one from another run, would otherwise change what is
     trained or scored without an error. Names and empty files are cheap to check;
     count_records (the evaluator: small splits) also reads every record, which catches a
-    shard truncated on a record boundary and a corrupt record.
+    shard truncated on a record boundary and a corrupt record, then its sha256 when
+    recorded (a shard replaced by another of the same length).
     """
     metadata = load_metadata(data_dir) if metadata is None else metadata
     recorded = _recorded_shards(metadata, data_dir=data_dir, split=split)
@@ -75,9 +77,10 @@ def verified_shard_files(data_dir: str, split: str, *, metadata: dict | None = N
     _check_shard_names(_glob_shards(data_dir, split), recorded, data_dir=data_dir, split=split)
     files = shard_files(data_dir, split)
     for path in files:
-        expected = recorded[os.path.basename(path)]
+        expected, sha256 = recorded[os.path.basename(path)]
         if count_records:
             _check_record_count(path, expected=expected, data_dir=data_dir, split=split)
+            _check_sha256(path, expected=sha256)
         elif expected and not tf.io.gfile.stat(path).length:
             raise DataDirError(f"{path}: empty file, but metadata.json records {expected} "
                                f"records in it (truncated?); {_REBUILD}")
@@ -85,7 +88,8 @@ def verified_shard_files(data_dir: str, split: str, *, metadata: dict | None = N
 
 
 def _recorded_shards(metadata: dict, *, data_dir: str, split: str) -> dict | None:
-    """{shard file name: record count} from metadata.json, None when it has no list."""
+    """{shard file name: (record count, sha256 or None)} from metadata.json, None when it
+    has no list."""
     where = os.path.join(data_dir, features.METADATA_FILE)
     splits = metadata.get("splits") or {}
     if split not in splits:
@@ -100,7 +104,7 @@ def _recorded_shards(metadata: dict, *, data_dir: str, split: str) -> dict | Non
                 and isinstance(entry.get("records"), int) and entry["records"] >= 0):
             raise DataDirError(f"{where}: splits.{split}.shards holds {entry!r}; expected "
                                '{"file": NAME, "records": COUNT}')
-        recorded[entry["file"]] = entry["records"]
+        recorded[entry["file"]] = entry["records"], entry.get("sha256")
     return recorded
 
 
@@ -133,6 +137,19 @@ def _check_record_count(path: str, *, expected: int, data_dir: str, split: str) 
     if found != expected:
         raise DataDirError(f"{path}: {found} records, but metadata.json records {expected} "
                            f"(truncated or replaced?); {_REBUILD}")
+
+
+def _check_sha256(path: str, *, expected: str | None) -> None:
+    if not expected:
+        return
+    digest = hashlib.sha256()
+    with tf.io.gfile.GFile(path, "rb") as stream:
+        while chunk := stream.read(1 << 20):
+            digest.update(chunk)
+    if digest.hexdigest() != expected:
+        raise DataDirError(f"{path}: sha256 {digest.hexdigest()[:12]}... differs from the "
+                           f"{expected[:12]}... metadata.json records (replaced or altered); "
+                           f"{_REBUILD}")
 
 
 @contextlib.contextmanager

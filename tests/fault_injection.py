@@ -6,6 +6,7 @@ tests independent of when the preprocess job started recording it.
 """
 
 import glob
+import hashlib
 import json
 import os
 import struct
@@ -32,14 +33,19 @@ def count_records(path: str) -> int:
     return sum(1 for _ in tf.data.TFRecordDataset(path))
 
 
+def sha256(path: str) -> str:
+    with open(path, "rb") as f:
+        return hashlib.sha256(f.read()).hexdigest()
+
+
 def record_shards(data_dir: str) -> dict:
-    """Writes splits.<split>.shards (file name and record count of every shard), as the
-    preprocess job records them."""
+    """Writes splits.<split>.shards (file name, record count and sha256 of every shard), as
+    the preprocess job records them."""
     def add(metadata):
         for split, counts in metadata["splits"].items():
             paths = sorted(glob.glob(os.path.join(data_dir, features.shard_pattern(split))))
-            counts["shards"] = [{"file": os.path.basename(p), "records": count_records(p)}
-                                for p in paths]
+            counts["shards"] = [{"file": os.path.basename(p), "records": count_records(p),
+                                 "sha256": sha256(p)} for p in paths]
     return edit_metadata(data_dir, add)
 
 

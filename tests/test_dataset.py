@@ -211,6 +211,20 @@ def test_a_shard_cut_on_a_record_boundary_is_found_by_counting(recorded_dir):
         dataset.verified_shard_files(recorded_dir, "dev", count_records=True)
 
 
+def test_a_shard_replaced_by_one_of_the_same_length_is_found_by_its_sha256(recorded_dir):
+    dev = shard(recorded_dir, "dev")
+    toy_data.write_split(recorded_dir, "dev", toy_data.make_pairs(16, seed=9))
+    assert fault_injection.count_records(dev) == 16
+    with pytest.raises(dataset.DataDirError,
+                       match=r"dev-00000-of-00001.tfrecord: sha256 \w{12}\.\.\. differs from "
+                             r"the \w{12}\.\.\. metadata.json records"):
+        dataset.verified_shard_files(recorded_dir, "dev", count_records=True)
+    # An older list without sha256 checks the count only.
+    fault_injection.edit_metadata(
+        recorded_dir, lambda m: m["splits"]["dev"]["shards"][0].pop("sha256"))
+    assert dataset.verified_shard_files(recorded_dir, "dev", count_records=True) == [dev]
+
+
 def test_metadata_without_a_shard_list_is_read_with_one_warning(tmp_path, caplog):
     toy_data.make_toy_data_dir(str(tmp_path), num_train=16, num_dev=2, num_test=2)
     with caplog.at_level(logging.WARNING):
