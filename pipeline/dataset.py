@@ -261,7 +261,8 @@ class LengthSkips:
     A run refuses to start when the metadata shows more than `max_fraction` of the split
     would be skipped. When the metadata cannot tell, the input pipeline itself stops once
     it has read MIN_PAIRS_TO_JUDGE pairs and skipped more than that fraction of them
-    (it would otherwise hang if it skipped them all). Counts start at zero in each process.
+    (it would otherwise hang if it skipped them all). Counts start at zero in each process
+    and live in a host variable: create this outside any tf.distribute strategy scope.
     """
 
     def __init__(self, metadata: dict, *, split: str, longest: int, max_fraction: float):
