@@ -139,7 +139,8 @@ def remove_stale_temps(workdir: str, *, started: float, worker_index: int,
             subdirs[:] = [d for d in subdirs if not d.startswith("worker-")]
         in_checkpoints = parent.rstrip("/") == own_dir.rstrip("/")
         for name in list(subdirs) + files:
-            temp = _OWN_TEMP.fullmatch(name) or (in_checkpoints and _TF_TEMP.fullmatch(name))
+            temp = ((name in files and _OWN_TEMP.fullmatch(name))  # only ever a file
+                    or (in_checkpoints and _TF_TEMP.fullmatch(name)))
             path = os.path.join(parent, name)
             if temp and _last_modified(path) < started:
                 _delete(path)

@@ -328,6 +328,7 @@ def test_stale_temps_are_removed_and_everything_else_stays(tmp_path):
             make(tmp_path / "ckpt-3_temp", age_seconds=3600),  # not in a checkpoint dir
             make(tmp_path / "notes.tmp-draft", age_seconds=3600),
             make(ckpt / "my_ckpt_temp", age_seconds=3600),
+            make(tmp_path / "backup.tmp-1", age_seconds=3600, directory=True),  # a user's dir
             make(ckpt / "worker-1" / "ckpt-8_temp", age_seconds=3600, directory=True)]
     removed = checkpoints.remove_stale_temps(str(tmp_path), started=time.time() - 1,
                                              worker_index=0, is_chief=True)
