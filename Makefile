@@ -39,7 +39,7 @@ demo: $(STAMP)
 	    --export_dir=$(DEMO_EXPORT)
 	$(BIN)/s2s-evaluate --workdir=$(DEMO_DIR)/work --data_dir=$(DEMO_DIR)/data --split=test
 	@echo
-	@echo "SavedModel: $(DEMO_EXPORT)   Try it:"
+	@echo "Exported to $(DEMO_EXPORT) (s2s-export --resolve=$(DEMO_EXPORT) prints its SavedModel directory). Try it:"
 	@echo "  echo 'p i p e l i n e' | $(BIN)/s2s-translate --model=$(DEMO_EXPORT)"
 
 # The one image every cloud launcher runs (README: Launching on Google Cloud).

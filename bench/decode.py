@@ -130,10 +130,10 @@ def real_data(args) -> dict:
     evaluator_s = time.perf_counter() - began
 
     with tempfile.TemporaryDirectory() as export_dir:
-        from launch import export
-        export.export_saved_model(
+        from launch import export_lib
+        export_lib.save_translator(
             run.model, source_model=run.source_tokenizer.model,
-            target_model=run.target_tokenizer.model, export_dir=export_dir,
+            target_model=run.target_tokenizer.model, saved_model_dir=export_dir,
             beam_size=beam_size, alpha=alpha, **evaluator.export_options(run))
         serve = tf.saved_model.load(export_dir).signatures["serving_default"]
         _, _, source_ids = evaluator.read_split(run, split=args.split, data_dir=args.data_dir)
