@@ -112,8 +112,11 @@ class Lease:
             time.sleep(poll * random.uniform(0.5, 1.5))
 
     def check(self) -> None:
-        """LeaseLost unless our claim is still there and the only live one."""
-        if read_claim(self.path) is None or self._others():
+        """LeaseLost unless our claim is still there and unexpired. Other claims do not
+        count: a contender writes one, sees ours and withdraws it, and it can only take
+        over after removing ours as stale."""
+        claim = read_claim(self.path)
+        if claim is None or float(claim["expires"]) < time.time():
             raise LeaseLost(f"the lease on {self.directory} was taken over while held "
                             "(a pause longer than its ttl?); stopping before writing")
 

@@ -96,6 +96,16 @@ def test_check_reports_a_lease_taken_over_while_held(tmp_path):
             lease.check()
 
 
+def test_a_contender_claim_while_held_is_not_a_takeover(tmp_path):
+    """A contender's claim exists between its write and its withdrawal: the holder's
+    check must not mistake it for a takeover (this raced under two publisher threads)."""
+    with shared_files.hold(str(tmp_path), wait=5) as lease:
+        contender = write_claim(str(tmp_path), host="other", pid=1, expires=time.time() + 60)
+        lease.check()
+        os.remove(contender)
+        lease.check()
+
+
 def test_the_holder_renews_its_claim(tmp_path):
     with shared_files.hold(str(tmp_path), wait=5, ttl=0.4) as lease:
         first = json.load(open(lease.path))["expires"]
