@@ -44,7 +44,7 @@ _OUTPUT_PATTERNS = tuple(features.shard_pattern(split) for split in features.SPL
 _STAGING_PREFIX = ".preprocess-staging-"
 _STAGING_DIR = re.compile(r"\.preprocess-staging-[0-9a-f]{32}")
 _STARTED_FILE = "_STARTED"  # first file of a staging dir: its mtime is the attempt's start
-# transforms._temp_name: ".{output name}.tmp-{uuid4 hex}", renamed into place when complete.
+# shard_files.temp_name: ".{output name}.tmp-{uuid4 hex}", renamed into place when complete.
 _TEMP_FILE = re.compile(r"\.(?P<name>.+)\.tmp-[0-9a-f]{32}")
 
 
