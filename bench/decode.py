@@ -72,7 +72,7 @@ class NoEosModel:
 def uncached_greedy(model, inputs, *, max_decode_length):
     """Greedy decoding without a cache: a full forward pass per generated token."""
     batch = inputs.shape[0]
-    no_eos = tf.not_equal(tf.range(model.config.vocab_size), model.config.eos_id)
+    no_eos = tf.not_equal(tf.range(model.config.target_vocab_size), model.config.eos_id)
 
     def body(i, targets):
         logits = model({"inputs": inputs, "targets": targets}, training=False)
@@ -229,7 +229,8 @@ def main(argv=None):
     config = dict(name="transformer", num_encoder_layers=3, num_decoder_layers=3,
                   d_model=128, num_heads=4, ffn_dim=512, dropout=0.0, attention_dropout=0.0,
                   pre_norm=True, share_embeddings=True)
-    model = models.build_model(config, vocab_size=args.vocab_size, pad_id=PAD, eos_id=EOS,
+    model = models.build_model(config, source_vocab_size=args.vocab_size,
+                               target_vocab_size=args.vocab_size, pad_id=PAD, eos_id=EOS,
                                bos_id=BOS)
     forced = NoEosModel(model)
     rng = np.random.default_rng(args.seed)

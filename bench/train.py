@@ -33,9 +33,8 @@ import keras  # noqa: E402
 import numpy as np  # noqa: E402
 import tensorflow as tf  # noqa: E402
 
-import models  # noqa: E402
 from configs import bench as bench_config  # noqa: E402
-from launch import trainer  # noqa: E402
+from launch import trainer, vocabulary  # noqa: E402
 from models import losses  # noqa: E402
 from pipeline import dataset, features  # noqa: E402
 
@@ -130,7 +129,7 @@ def keras_builtin_loss(config):
     def loss(targets, logits):
         targets = tf.cast(targets, tf.int32)  # Keras hands y_true over as float32
         per_token = keras.losses.categorical_crossentropy(
-            tf.one_hot(targets, config.data.vocab_size), logits, from_logits=True,
+            tf.one_hot(targets, config.data.target_vocab_size), logits, from_logits=True,
             label_smoothing=config.train.label_smoothing)
         weights = tf.cast(targets != config.data.pad_id, per_token.dtype)
         return tf.reduce_sum(per_token * weights) / tf.maximum(tf.reduce_sum(weights), 1.0)
@@ -153,9 +152,7 @@ class FitRunner:
     The first call traces; each later call times one epoch over the same batches."""
 
     def __init__(self, config, data_dir: str, *, loss, steps: int):
-        self.model = models.build_model(
-            config.model, vocab_size=config.data.vocab_size, pad_id=config.data.pad_id,
-            eos_id=config.data.eos_id, bos_id=config.data.bos_id)
+        self.model = vocabulary.build_model(config)
         self.model.compile(optimizer=keras.optimizers.Adam(1e-3), loss=loss)
         batches = dataset.make_train_dataset(
             data_dir=data_dir, split="train", boundaries=config.data.bucket_boundaries,
@@ -229,7 +226,7 @@ def main():
     median = rates.index(middle(rates))
     timing = rounds[median]
     source, target, seconds = timing["source"], timing["target"], timing["seconds"]
-    per_source, per_target = flops_per_token(config.model, config.data.vocab_size)
+    per_source, per_target = flops_per_token(config.model, config.data.target_vocab_size)
     achieved = (per_source * source + per_target * target) / seconds / 1e9
     result = {
         "bench": "train",
@@ -253,7 +250,7 @@ def main():
         "data_dir": data_dir, "steps": args.steps, "warmup": args.warmup,
         "rounds": args.rounds, "figures": "median over rounds",
         "model": "transformer 3+3, d_model 128, 4 heads, ffn 512",
-        "vocab_size": config.data.vocab_size,
+        "vocab_size": config.data.target_vocab_size,
         "tokens_per_batch": config.data.tokens_per_batch,
         "bucket_boundaries": list(config.data.bucket_boundaries),
         "tokens": "real (non-pad) source + target tokens",

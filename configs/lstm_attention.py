@@ -1,5 +1,7 @@
 """Bidirectional-LSTM encoder, attention decoder with input feeding (Luong-style NMT)."""
 
+from ml_collections import config_dict
+
 from configs import base
 
 
@@ -14,7 +16,10 @@ def get_config():
     config.model.attention = "luong"  # "bahdanau" (additive) | "luong" (general)
     config.model.input_feeding = True  # feed the previous attentional vector to the decoder
     config.model.dropout = 0.2
-    config.model.share_embeddings = True
+    # One embedding table for both sides. Unset: follow the data (shared vocabulary: one
+    # table; s2s-preprocess --separate_vocabs: one per side; True there is refused).
+    config.model.share_embeddings = config_dict.placeholder(bool)
+    config.model.tie_output = True  # the output projection is the target embedding
     config.optimizer.learning_rate = 1e-3
     config.optimizer.warmup_steps = 500
     return config

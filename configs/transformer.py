@@ -1,4 +1,6 @@
-"""Transformer base-ish model for real corpora (pre-LN, shared vocabulary)."""
+"""Transformer base-ish model for real corpora (pre-LN)."""
+
+from ml_collections import config_dict
 
 from configs import base
 
@@ -14,7 +16,10 @@ def get_config():
     config.model.dropout = 0.1
     config.model.attention_dropout = 0.1
     config.model.pre_norm = True  # pre-layer-norm trains stably without long warmup
-    config.model.share_embeddings = True  # source/target embeddings + tied output projection
+    # One embedding table for both sides. Unset: follow the data (shared vocabulary: one
+    # table; s2s-preprocess --separate_vocabs: one per side; True there is refused).
+    config.model.share_embeddings = config_dict.placeholder(bool)
+    config.model.tie_output = True  # the output projection is the target embedding
     config.data.tokens_per_batch = 8192
     config.optimizer.learning_rate = 7e-4
     config.optimizer.warmup_steps = 4000

@@ -15,8 +15,8 @@ import sacrebleu
 import tensorflow as tf
 from absl import logging
 
-import models
-from launch import checkpoints, eval_records, export_lib, replicated_search, shared_files
+from launch import (checkpoints, eval_records, export_lib, replicated_search, shared_files,
+                    vocabulary)
 from models import decoding, losses
 from pipeline import dataset, features, tokenizer
 
@@ -47,7 +47,7 @@ def load_run(*, workdir: str, data_dir: str) -> Run:
     if not tf.io.gfile.exists(config_path):
         raise EvaluationError(f"{workdir} has no config.json: not an s2s-train workdir")
     with tf.io.gfile.GFile(config_path) as f:
-        config = ml_collections.ConfigDict(json.load(f))
+        config = ml_collections.ConfigDict(vocabulary.upgrade_saved_config(json.load(f)))
     try:
         metadata = dataset.load_metadata(data_dir)
     except dataset.DataDirError as error:
@@ -67,9 +67,7 @@ def load_run(*, workdir: str, data_dir: str) -> Run:
 
 def build_model(config):
     """The trained architecture with its variables created (in the current scope)."""
-    model = models.build_model(config.model, vocab_size=config.data.vocab_size,
-                               pad_id=config.data.pad_id, eos_id=config.data.eos_id,
-                               bos_id=config.data.bos_id)
+    model = vocabulary.build_model(config)
     dummy = tf.fill([1, 2], config.data.eos_id)
     model({features.INPUTS: dummy, features.TARGETS: dummy})
     return model
@@ -629,6 +627,9 @@ def ctranslate2_writer(run: Run, *, quantization: str | None, info: dict):
             run.model, source_model=run.source_tokenizer.model,
             target_model=run.target_tokenizer.model, output_dir=directory,
             quantization=quantization)
-        export_lib.write_manifest(directory, {"format": "ctranslate2",
-                                              "quantization": quantization, **info})
+        export_lib.write_manifest(directory, {
+            "format": "ctranslate2", "quantization": quantization,
+            "vocabulary": export_lib.vocabulary_info(
+                run.model, source_model=run.source_tokenizer.model,
+                target_model=run.target_tokenizer.model), **info})
     return write

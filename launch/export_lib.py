@@ -41,9 +41,14 @@ class Translator(tf.Module):
                  length_ratio: float, length_offset: int):
         super().__init__()
         self.model = model
-        self.source_tokenizer = tf_text.SentencepieceTokenizer(model=source_model)
-        self.target_tokenizer = (self.source_tokenizer if target_model == source_model
-                                 else tf_text.SentencepieceTokenizer(model=target_model))
+        # Distinct names: two SentencePiece resources created under one node name get
+        # mixed up when the SavedModel loads in a fresh process (the target side then
+        # detokenizes with the source model).
+        self.source_tokenizer = tf_text.SentencepieceTokenizer(model=source_model,
+                                                               name="source_tokenizer")
+        self.target_tokenizer = (
+            self.source_tokenizer if target_model == source_model
+            else tf_text.SentencepieceTokenizer(model=target_model, name="target_tokenizer"))
         self.beam_size, self.alpha = int(beam_size), float(alpha)
         self.max_input_length = int(max_input_length)
         self.max_decode_length = int(max_decode_length)
@@ -85,10 +90,21 @@ def save_translator(model, *, saved_model_dir: str, source_model: bytes, target_
     tf.saved_model.save(translator, saved_model_dir,
                         signatures={"serving_default": translator.translate})
     write_manifest(saved_model_dir, {
-        "format": SAVED_MODEL_FORMAT, "beam_size": beam_size, "alpha": alpha,
+        "format": SAVED_MODEL_FORMAT,
+        "vocabulary": vocabulary_info(model, source_model=source_model,
+                                      target_model=target_model),
+        "beam_size": beam_size, "alpha": alpha,
         "max_input_length": max_input_length, "max_decode_length": max_decode_length,
         "length_ratio": length_ratio, "length_offset": length_offset, **(info or {})})
     return saved_model_dir
+
+
+def vocabulary_info(model, *, source_model: bytes, target_model: bytes) -> dict:
+    """What a manifest says of the vocabularies the model carries (both SentencePiece
+    models are inside the export)."""
+    return {"layout": "shared" if source_model == target_model else "separate",
+            "source_vocab_size": model.config.source_vocab_size,
+            "target_vocab_size": model.config.target_vocab_size}
 
 
 def write_manifest(directory: str, manifest: dict) -> None:

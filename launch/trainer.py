@@ -21,7 +21,7 @@ import tensorflow as tf
 from absl import logging
 
 import models
-from launch import checkpoints, optim, precision, strategy as strategy_lib
+from launch import checkpoints, optim, precision, strategy as strategy_lib, vocabulary
 from pipeline import dataset, features
 
 MIXED_PRECISION = precision.POLICIES + (precision.AUTO,)
@@ -68,12 +68,20 @@ def validate_config(config) -> None:
         raise ValueError(f"config.data.bucket_boundaries must be positive: "
                          f"{data.bucket_boundaries}")
     # Building the model config catches bad model names and hyperparameters now.
-    models.model_config_from(config.model, vocab_size=8, pad_id=0, eos_id=1, bos_id=2)
+    model_config = config.model.copy_and_resolve_references()
+    model_config.unlock()
+    vocabulary.resolve_model_config(model_config, layout=vocabulary.SHARED)
+    models.model_config_from(model_config, source_vocab_size=8, target_vocab_size=8,
+                             pad_id=0, eos_id=1, bos_id=2)
 
 
 def resolve_config(config, metadata: dict, *, strategy: tf.distribute.Strategy):
-    """Fills the values that come from the data (vocabulary, special ids, boundaries) and
-    from the hardware (an "auto" mixed-precision policy)."""
+    """Fills the values that come from the data (vocabularies, embedding sharing, special
+    ids, boundaries) and from the hardware (an "auto" mixed-precision policy).
+
+    Raises:
+        vocabulary.VocabularyError: share_embeddings=True on separate vocabularies.
+    """
     config = config.copy_and_resolve_references()
     config.unlock()
     config.train.mixed_precision = precision.resolve_policy(config.train.mixed_precision,
@@ -84,7 +92,11 @@ def resolve_config(config, metadata: dict, *, strategy: tf.distribute.Strategy):
         boundaries.append(config.data.max_length)
     config.data.bucket_boundaries = tuple(int(b) for b in boundaries)
     config.data.tokenizer_sha256 = metadata["tokenizer"]["sha256"]
-    config.data.vocab_size = int(metadata["vocab_size"])
+    layout = vocabulary.layout_of(metadata)
+    config.data.vocabulary_layout = layout["layout"]
+    for key in ("source_vocab_size", "target_vocab_size"):
+        config.data[key] = layout[key]
+    vocabulary.resolve_model_config(config.model, layout=layout["layout"])
     for key in ("pad_id", "eos_id", "bos_id"):
         config.data[key] = int(metadata[key])
     config.lock()
@@ -92,8 +104,14 @@ def resolve_config(config, metadata: dict, *, strategy: tf.distribute.Strategy):
 
 
 def check_resume_compatible(saved: dict, config) -> None:
-    """Refuses to continue a workdir with another tokenizer or model architecture; warns
-    when the precision policy changed."""
+    """Refuses to continue a workdir with another vocabulary layout, tokenizer or model
+    architecture; warns when the precision policy changed. `saved`: read_saved_config."""
+    old_layout = saved.get("data", {}).get("vocabulary_layout")
+    if old_layout and old_layout != config.data.vocabulary_layout:
+        raise TrainingError(
+            f"the workdir was trained on a {old_layout} source/target vocabulary but "
+            f"--data_dir has a {config.data.vocabulary_layout} one: its embeddings do not "
+            "fit; use a new --workdir or the original data")
     old_sha = saved.get("data", {}).get("tokenizer_sha256")
     if old_sha and old_sha != config.data.tokenizer_sha256:
         raise TrainingError(
@@ -109,8 +127,11 @@ def check_resume_compatible(saved: dict, config) -> None:
                             for k in changed)
         raise TrainingError(f"the workdir's checkpoints use another model config ({details}); "
                             "use a new --workdir")
-    if saved.get("data", {}).get("vocab_size") not in (None, config.data.vocab_size):
-        raise TrainingError("the workdir's vocabulary size differs from --data_dir's")
+    for side in ("source", "target"):
+        old_size = saved.get("data", {}).get(f"{side}_vocab_size")
+        if old_size not in (None, config.data[f"{side}_vocab_size"]):
+            raise TrainingError(f"the workdir's {side} vocabulary size {old_size} differs "
+                                f"from --data_dir's {config.data[f'{side}_vocab_size']}")
     old_policy = saved.get("train", {}).get("mixed_precision")
     if old_policy is not None and old_policy != config.train.mixed_precision:
         # Allowed (the variables are float32 either way), but worth a line: under "auto" a
@@ -120,11 +141,12 @@ def check_resume_compatible(saved: dict, config) -> None:
 
 
 def read_saved_config(workdir: str) -> dict:
+    """The workdir's config.json in this version's keys; {} in a new workdir."""
     path = os.path.join(workdir, CONFIG_FILE)
     if not tf.io.gfile.exists(path):
         return {}
     with tf.io.gfile.GFile(path) as f:
-        return json.load(f)
+        return vocabulary.upgrade_saved_config(json.load(f))
 
 
 @dataclasses.dataclass
@@ -179,9 +201,7 @@ class Trainer:
         self._static_shapes = (data.static_shapes or train.jit_compile
                                or isinstance(strategy, tf.distribute.TPUStrategy))
         with strategy.scope():
-            self.model = models.build_model(
-                config.model, vocab_size=data.vocab_size, pad_id=data.pad_id,
-                eos_id=data.eos_id, bos_id=data.bos_id)
+            self.model = vocabulary.build_model(config)
             dummy = tf.zeros([self.local_replicas, 4], tf.int32) + data.eos_id
             self.model({features.INPUTS: dummy, features.TARGETS: dummy})
             self.optimizer = optim.create_optimizer(

@@ -23,7 +23,7 @@ from models.lstm_attention import LstmAttention, LstmAttentionConfig
 from models.transformer import Transformer, TransformerConfig
 
 # Keys taken from the data (metadata.json), not from the model config.
-_DATA_KEYS = ("vocab_size", "pad_id", "eos_id", "bos_id")
+_DATA_KEYS = ("source_vocab_size", "target_vocab_size", "pad_id", "eos_id", "bos_id")
 
 
 def _config_from(cls, model_config, data):
@@ -41,13 +41,15 @@ def _config_from(cls, model_config, data):
     return cls(**settings, **data)
 
 
-def model_config_from(model_config, *, vocab_size, pad_id, eos_id, bos_id):
+def model_config_from(model_config, *, source_vocab_size, target_vocab_size, pad_id, eos_id,
+                      bos_id):
     """Validated frozen hyperparameters for the model named by `model_config["name"]`.
 
     Args:
         model_config: ml_collections ConfigDict or plain dict with "name"
             ("transformer" | "lstm_attention") and that model's hyperparameters.
-        vocab_size: shared source/target vocabulary size.
+        source_vocab_size, target_vocab_size: each side's number of token ids (equal
+            and one vocabulary when the data shares it).
         pad_id, eos_id, bos_id: special token ids.
 
     Returns:
@@ -57,7 +59,8 @@ def model_config_from(model_config, *, vocab_size, pad_id, eos_id, bos_id):
         ValueError: unknown model name, unknown config key or a bad value.
     """
     name = model_config["name"]
-    data = dict(vocab_size=vocab_size, pad_id=pad_id, eos_id=eos_id, bos_id=bos_id)
+    data = dict(source_vocab_size=source_vocab_size, target_vocab_size=target_vocab_size,
+                pad_id=pad_id, eos_id=eos_id, bos_id=bos_id)
     if name == "transformer":
         return _config_from(TransformerConfig, model_config, data)
     elif name == "lstm_attention":
@@ -66,7 +69,8 @@ def model_config_from(model_config, *, vocab_size, pad_id, eos_id, bos_id):
                      "'lstm_attention'")
 
 
-def build_model(model_config, *, vocab_size, pad_id, eos_id, bos_id):
+def build_model(model_config, *, source_vocab_size, target_vocab_size, pad_id, eos_id,
+                bos_id):
     """Builds the model named by `model_config["name"]`, with all weights created.
 
     Args: as `model_config_from`.
@@ -77,7 +81,8 @@ def build_model(model_config, *, vocab_size, pad_id, eos_id, bos_id):
     Raises:
         ValueError: as `model_config_from`.
     """
-    config = model_config_from(model_config, vocab_size=vocab_size, pad_id=pad_id,
+    config = model_config_from(model_config, source_vocab_size=source_vocab_size,
+                               target_vocab_size=target_vocab_size, pad_id=pad_id,
                                eos_id=eos_id, bos_id=bos_id)
     if isinstance(config, TransformerConfig):
         return Transformer(config)

@@ -186,6 +186,19 @@ def project_to_vocab(x, weights, *, vocab_major):
     return tf.tensordot(x, weights, axes=[[-1], [1 if vocab_major else 0]])
 
 
+def check_vocabularies(config, *, family: str) -> None:
+    """ValueError unless `config`'s vocabulary sizes are positive and, with
+    share_embeddings, equal: one table cannot hold two different vocabularies."""
+    for name in ("source_vocab_size", "target_vocab_size"):
+        if getattr(config, name) < 1:
+            raise ValueError(f"{family} {name} must be >= 1, got {getattr(config, name)}")
+    if config.share_embeddings and config.source_vocab_size != config.target_vocab_size:
+        raise ValueError(
+            f"{family} share_embeddings=True needs one vocabulary, but the source has "
+            f"{config.source_vocab_size} pieces and the target {config.target_vocab_size}: "
+            "set share_embeddings=False")
+
+
 class TokenEmbedding(keras.layers.Layer):
     """Token embedding table that can also serve as the (tied) output projection.
 

@@ -23,7 +23,8 @@ from models import layers
 @dataclasses.dataclass(frozen=True)
 class LstmAttentionConfig:
     """Attention-LSTM hyperparameters (built from the `model` ConfigDict by build_model)."""
-    vocab_size: int
+    source_vocab_size: int
+    target_vocab_size: int
     pad_id: int = 0
     eos_id: int = 1
     bos_id: int = 3
@@ -35,10 +36,12 @@ class LstmAttentionConfig:
     attention: str = "luong"  # "luong" (general) | "bahdanau" (additive)
     input_feeding: bool = True
     dropout: float = 0.2
-    share_embeddings: bool = True
+    share_embeddings: bool = True  # one table for both sides: needs one shared vocabulary
+    tie_output: bool = True  # the output projection is the target embedding (transposed)
 
     def __post_init__(self):
-        for name in ("vocab_size", "num_encoder_layers", "num_decoder_layers", "embed_dim",
+        layers.check_vocabularies(self, family="lstm_attention")
+        for name in ("num_encoder_layers", "num_decoder_layers", "embed_dim",
                      "hidden_dim"):
             if getattr(self, name) < 1:
                 raise ValueError(f"lstm_attention {name} must be >= 1, got "
@@ -151,10 +154,10 @@ class LstmAttention(layers.VocabularyOutput, keras.Model):
         super().__init__(**kwargs)
         self.config = c = config
         hidden, memory_dim = c.hidden_dim, 2 * c.hidden_dim
-        self.source_embedding = layers.TokenEmbedding(c.vocab_size, c.embed_dim,
+        self.source_embedding = layers.TokenEmbedding(c.source_vocab_size, c.embed_dim,
                                                       name="source_embedding")
         self.target_embedding = (self.source_embedding if c.share_embeddings else
-                                 layers.TokenEmbedding(c.vocab_size, c.embed_dim,
+                                 layers.TokenEmbedding(c.target_vocab_size, c.embed_dim,
                                                        name="target_embedding"))
         self.dropout = layers.Dropout(c.dropout)
         # One attribute per layer, not lists: tf.train.Checkpoint does not follow the
@@ -180,14 +183,14 @@ class LstmAttention(layers.VocabularyOutput, keras.Model):
                                     name="attention")
         self.combine = layers.Dense(memory_dim + hidden, hidden, use_bias=False,
                                     activation=tf.tanh, name="combine")
-        if c.share_embeddings:
+        if c.tie_output:
             self.output_projection = None
             self.pre_output = (layers.Dense(hidden, c.embed_dim, use_bias=False,
                                             name="pre_output")
                                if hidden != c.embed_dim else None)
         else:
             self.pre_output = None
-            self.output_projection = layers.OutputProjection(hidden, c.vocab_size,
+            self.output_projection = layers.OutputProjection(hidden, c.target_vocab_size,
                                                              name="output_projection")
         self.built = True  # every weight exists now; nothing is created while tracing
 

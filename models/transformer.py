@@ -1,8 +1,9 @@
 """Transformer encoder-decoder (Vaswani et al. 2017) with an incremental decoder.
 
 Pre-layer-norm by default (stable without warm-up tricks); `pre_norm=False` gives the
-original post-LN blocks. Sinusoidal positions, optional shared source/target embedding
-that also serves as the output projection.
+original post-LN blocks. Sinusoidal positions; one embedding table for both sides when
+the vocabulary is shared (`share_embeddings`), and an output projection tied to the target
+embedding (`tie_output`) or a separate one.
 
 Incremental decoding keeps, per decoder layer, preallocated self-attention key/value
 buffers of a static length plus the projected encoder keys/values, so each step costs one
@@ -21,7 +22,8 @@ from models import layers
 @dataclasses.dataclass(frozen=True)
 class TransformerConfig:
     """Transformer hyperparameters (built from the `model` ConfigDict by build_model)."""
-    vocab_size: int
+    source_vocab_size: int
+    target_vocab_size: int
     pad_id: int = 0
     eos_id: int = 1
     bos_id: int = 3
@@ -33,10 +35,12 @@ class TransformerConfig:
     dropout: float = 0.1
     attention_dropout: float = 0.1
     pre_norm: bool = True
-    share_embeddings: bool = True
+    share_embeddings: bool = True  # one table for both sides: needs one shared vocabulary
+    tie_output: bool = True  # the output projection is the target embedding (transposed)
 
     def __post_init__(self):
-        for name in ("vocab_size", "num_encoder_layers", "num_decoder_layers", "d_model",
+        layers.check_vocabularies(self, family="transformer")
+        for name in ("num_encoder_layers", "num_decoder_layers", "d_model",
                      "num_heads", "ffn_dim"):
             if getattr(self, name) < 1:
                 raise ValueError(f"transformer {name} must be >= 1, got {getattr(self, name)}")
@@ -183,17 +187,16 @@ class Transformer(layers.VocabularyOutput, keras.Model):
         self.config = config
         c = config
         scale = c.d_model ** 0.5
-        self.source_embedding = layers.TokenEmbedding(c.vocab_size, c.d_model, scale=scale,
-                                                      name="source_embedding")
+        self.source_embedding = layers.TokenEmbedding(c.source_vocab_size, c.d_model,
+                                                      scale=scale, name="source_embedding")
         if c.share_embeddings:
             self.target_embedding = self.source_embedding
-            self.output_projection = None
         else:
-            self.target_embedding = layers.TokenEmbedding(c.vocab_size, c.d_model,
+            self.target_embedding = layers.TokenEmbedding(c.target_vocab_size, c.d_model,
                                                           scale=scale,
                                                           name="target_embedding")
-            self.output_projection = layers.OutputProjection(c.d_model, c.vocab_size,
-                                                             name="output_projection")
+        self.output_projection = (None if c.tie_output else layers.OutputProjection(
+            c.d_model, c.target_vocab_size, name="output_projection"))
         self.embedding_dropout = layers.Dropout(c.dropout)
         # One attribute per layer, not a list: tf.train.Checkpoint does not follow the
         # lists Keras 3 tracks, so listed layers would silently not be saved.

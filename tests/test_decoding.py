@@ -145,8 +145,8 @@ MODELS = {
 
 def build(name):
     keras.utils.set_random_seed(0)
-    return models.build_model(MODELS[name], vocab_size=VOCAB, pad_id=PAD, eos_id=EOS,
-                              bos_id=BOS)
+    return models.build_model(MODELS[name], source_vocab_size=VOCAB, target_vocab_size=VOCAB,
+                              pad_id=PAD, eos_id=EOS, bos_id=BOS)
 
 
 def sources(seed=0, rows=6, width=5):

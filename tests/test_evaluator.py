@@ -542,7 +542,8 @@ def test_ctranslate2_export_refuses_the_lstm(tmp_path):
     from launch import ctranslate2_export
     model = evaluator.models.build_model(
         dict(name="lstm_attention", num_encoder_layers=1, num_decoder_layers=1, embed_dim=8,
-             hidden_dim=8), vocab_size=11, pad_id=0, eos_id=1, bos_id=3)
+             hidden_dim=8), source_vocab_size=11, target_vocab_size=11, pad_id=0, eos_id=1,
+        bos_id=3)
     with pytest.raises(ctranslate2_export.ConversionError, match="only the Transformer"):
         ctranslate2_export.transformer_spec(model, source_pieces=[], target_pieces=[],
                                             bos="<s>", eos="</s>", unk="<unk>")

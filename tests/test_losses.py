@@ -158,21 +158,25 @@ def test_projected_loss_takes_low_precision_inputs_and_underflow():
     np.testing.assert_allclose(float(loss_sum), 200.0, rtol=1e-6)
 
 
+# (share_embeddings, tie_output): one table tied; separate tables, tied or not.
+SHARING = [(True, True), (False, True), (False, False)]
 MODEL_VARIANTS = [
     dict(name="transformer", num_encoder_layers=1, num_decoder_layers=2, d_model=16,
-         num_heads=2, ffn_dim=32, pre_norm=pre_norm, share_embeddings=share)
-    for pre_norm in (True, False) for share in (True, False)] + [
+         num_heads=2, ffn_dim=32, pre_norm=pre_norm, share_embeddings=share, tie_output=tie)
+    for pre_norm in (True, False) for share, tie in SHARING] + [
     dict(name="lstm_attention", num_encoder_layers=1, num_decoder_layers=1, embed_dim=8,
-         hidden_dim=12, share_embeddings=share) for share in (True, False)]
+         hidden_dim=12, share_embeddings=share, tie_output=tie) for share, tie in SHARING]
 
 
 @pytest.mark.parametrize("variant", MODEL_VARIANTS)
 def test_models_fused_output_loss_equals_the_loss_of_their_logits(variant):
     # Tied tables, untied kernels with bias, pre-LN's final norm, the LSTM's pre-output.
-    model = models.build_model(variant, vocab_size=23, pad_id=0, eos_id=1, bos_id=3)
+    target_vocab = 23 if variant["share_embeddings"] else 19
+    model = models.build_model(variant, source_vocab_size=23, target_vocab_size=target_vocab,
+                               pad_id=0, eos_id=1, bos_id=3)
     rng = np.random.default_rng(3)
     features = {"inputs": rng.integers(4, 23, size=[2, 5]).astype(np.int32),
-                "targets": rng.integers(4, 23, size=[2, 6]).astype(np.int32)}
+                "targets": rng.integers(4, target_vocab, size=[2, 6]).astype(np.int32)}
     features["targets"][1, 4:] = 0
     targets = features["targets"]
     with tf.GradientTape(persistent=True) as tape:

@@ -15,14 +15,14 @@ TINY = dict(name="lstm_attention", num_encoder_layers=2, num_decoder_layers=2, e
             share_embeddings=True)
 VARIANTS = [dict(cell="lstm", attention="luong"),
             dict(cell="gru", attention="bahdanau", input_feeding=False,
-                 share_embeddings=False),
+                 share_embeddings=False, tie_output=False),
             dict(cell="lstm", attention="bahdanau", num_decoder_layers=1, embed_dim=12)]
 
 
 def build(seed=0, **overrides):
     keras.utils.set_random_seed(seed)
-    return models.build_model(dict(TINY, **overrides), vocab_size=VOCAB, pad_id=PAD,
-                              eos_id=EOS, bos_id=BOS)
+    return models.build_model(dict(TINY, **overrides), source_vocab_size=VOCAB,
+                              target_vocab_size=VOCAB, pad_id=PAD, eos_id=EOS, bos_id=BOS)
 
 
 def batch(seed=0, *, source_lengths=(5, 3), target_lengths=(6, 4), width=(5, 6)):
@@ -54,7 +54,7 @@ def test_output_shape_and_dtype(variant):
     assert ("final_c" in encoded) == (variant["cell"] == "lstm")
     shared = variant.get("share_embeddings", True)
     assert (model.target_embedding is model.source_embedding) == shared
-    assert (model.output_projection is None) == shared
+    assert (model.output_projection is None) == variant.get("tie_output", True)
 
 
 @pytest.mark.parametrize("variant", VARIANTS[:2])
@@ -169,8 +169,8 @@ def test_mixed_precision_gives_finite_float32_logits(policy, name):
 
 
 def test_build_model_from_config_dict_and_errors():
-    model = models.build_model(ml_collections.ConfigDict(TINY), vocab_size=VOCAB,
-                               pad_id=PAD, eos_id=EOS, bos_id=BOS)
+    model = models.build_model(ml_collections.ConfigDict(TINY), source_vocab_size=VOCAB,
+                               target_vocab_size=VOCAB, pad_id=PAD, eos_id=EOS, bos_id=BOS)
     assert isinstance(model, models.LstmAttention)
     assert model.config.cell == "lstm" and model.config.hidden_dim == 12
     with pytest.raises(ValueError, match="'lstm_atention'"):

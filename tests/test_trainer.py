@@ -11,7 +11,7 @@ import tensorflow as tf
 
 import toy_data
 from configs import tiny
-from launch import checkpoints, precision, trainer
+from launch import checkpoints, precision, trainer, vocabulary
 from pipeline import dataset
 
 
@@ -46,7 +46,9 @@ def test_tiny_config_loss_falls(data_dir, tmp_path):
     first, last = mean_loss(history[:10]), mean_loss(history[-10:])
     assert last < 0.6 * first, (first, last)
     saved = json.loads((tmp_path / "config.json").read_text())
-    assert saved["data"]["vocab_size"] == 21
+    assert saved["data"]["source_vocab_size"] == saved["data"]["target_vocab_size"] == 21
+    assert saved["data"]["vocabulary_layout"] == "shared"
+    assert saved["model"]["share_embeddings"] is True and saved["model"]["tie_output"] is True
     assert saved["data"]["bucket_boundaries"] == [8, 16]
     assert tf.train.latest_checkpoint(str(tmp_path / "checkpoints")).endswith("ckpt-150")
     tags = set()
@@ -181,6 +183,44 @@ def test_resume_refuses_another_model_config(data_dir, tmp_path):
     with pytest.raises(trainer.TrainingError, match="d_model: 32 -> 64"):
         trainer.train(config, workdir=str(tmp_path), data_dir=data_dir,
                       strategy=tf.distribute.get_strategy())
+
+
+def test_share_embeddings_on_separate_vocabularies_is_refused_before_anything_is_written(
+        tmp_path):
+    separate = toy_data.make_toy_data_dir(str(tmp_path / "data"), num_train=64,
+                                          separate_vocabs=True)
+    config = tiny_config(num_steps=2)
+    config.model.share_embeddings = True
+    with pytest.raises(vocabulary.VocabularyError, match="separate source and target"):
+        trainer.train(config, workdir=str(tmp_path / "work"), data_dir=separate,
+                      strategy=tf.distribute.get_strategy())
+    assert not (tmp_path / "work").exists()
+
+
+def test_resume_refuses_a_workdir_trained_on_the_other_vocabulary_layout(data_dir, tmp_path):
+    trainer.train(tiny_config(num_steps=2), workdir=str(tmp_path / "work"),
+                  data_dir=data_dir, strategy=tf.distribute.get_strategy())
+    separate = toy_data.make_toy_data_dir(str(tmp_path / "data"), num_train=64,
+                                          separate_vocabs=True)
+    with pytest.raises(trainer.TrainingError, match="trained on a shared source/target "
+                       "vocabulary but --data_dir has a separate one"):
+        trainer.train(tiny_config(num_steps=4), workdir=str(tmp_path / "work"),
+                      data_dir=separate, strategy=tf.distribute.get_strategy())
+
+
+def test_a_workdir_from_before_separate_vocabularies_resumes(data_dir, tmp_path):
+    """config.json without the layout keys (one vocab_size, no tie_output) still resumes."""
+    trainer.train(tiny_config(num_steps=2), workdir=str(tmp_path), data_dir=data_dir,
+                  strategy=tf.distribute.get_strategy())
+    saved = json.loads((tmp_path / "config.json").read_text())
+    saved["data"]["vocab_size"] = saved["data"].pop("source_vocab_size")
+    for key in ("target_vocab_size", "vocabulary_layout"):
+        del saved["data"][key]
+    del saved["model"]["tie_output"]
+    (tmp_path / "config.json").write_text(json.dumps(saved))
+    history = trainer.train(tiny_config(num_steps=4), workdir=str(tmp_path),
+                            data_dir=data_dir, strategy=tf.distribute.get_strategy())
+    assert len(history) == 2 and all(s.finite for s in history)
 
 
 @pytest.mark.parametrize("field,value,message", [

@@ -17,8 +17,8 @@ TINY = dict(name="transformer", num_encoder_layers=2, num_decoder_layers=2, d_mo
 
 def build(seed=0, **overrides):
     keras.utils.set_random_seed(seed)
-    return models.build_model(dict(TINY, **overrides), vocab_size=VOCAB, pad_id=PAD,
-                              eos_id=EOS, bos_id=BOS)
+    return models.build_model(dict(TINY, **overrides), source_vocab_size=VOCAB,
+                              target_vocab_size=VOCAB, pad_id=PAD, eos_id=EOS, bos_id=BOS)
 
 
 def batch(seed=0, *, source_lengths=(5, 3), target_lengths=(6, 4), width=(5, 6)):
@@ -77,9 +77,10 @@ def test_causality():
     assert np.abs(new_logits[:, 4:] - logits[:, 4:]).max() > 1e-3
 
 
-@pytest.mark.parametrize("pre_norm,share", [(True, True), (False, False)])
-def test_cached_decoding_equals_teacher_forcing(pre_norm, share):
-    model = build(pre_norm=pre_norm, share_embeddings=share)
+@pytest.mark.parametrize("pre_norm,share,tie", [(True, True, True), (False, False, False),
+                                               (True, False, True)])
+def test_cached_decoding_equals_teacher_forcing(pre_norm, share, tie):
+    model = build(pre_norm=pre_norm, share_embeddings=share, tie_output=tie)
     features = batch(1)
     logits = model(features).numpy()
     cache = model.init_cache(model.encode(features["inputs"]), max_decode_length=9)
@@ -161,14 +162,15 @@ def test_mixed_precision_gives_finite_float32_logits(policy, name):
 
 def test_build_model_from_config_dict_and_errors():
     config = ml_collections.ConfigDict(TINY)
-    model = models.build_model(config, vocab_size=VOCAB, pad_id=PAD, eos_id=EOS, bos_id=BOS)
+    model = models.build_model(config, source_vocab_size=VOCAB, target_vocab_size=VOCAB,
+                               pad_id=PAD, eos_id=EOS, bos_id=BOS)
     assert isinstance(model, models.Transformer)
     assert model.config == models.TransformerConfig(
-        vocab_size=VOCAB, pad_id=PAD, eos_id=EOS, bos_id=BOS,
+        source_vocab_size=VOCAB, target_vocab_size=VOCAB, pad_id=PAD, eos_id=EOS, bos_id=BOS,
         **{k: v for k, v in TINY.items() if k != "name"})
     with pytest.raises(ValueError, match="'transformr'"):
-        models.build_model(dict(TINY, name="transformr"), vocab_size=VOCAB, pad_id=PAD,
-                           eos_id=EOS, bos_id=BOS)
+        models.build_model(dict(TINY, name="transformr"), source_vocab_size=VOCAB,
+                           target_vocab_size=VOCAB, pad_id=PAD, eos_id=EOS, bos_id=BOS)
     with pytest.raises(ValueError, match="num_layers"):
         build(num_layers=3)
     with pytest.raises(ValueError, match="num_heads"):
