@@ -11,7 +11,7 @@ from http import HTTPStatus
 import pytest
 
 from launch import export_layout
-from launch.cloud import files, publish
+from launch.cloud import files, model_card, publish
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 SIGNATURE = "nrefs:1|case:mixed|eff:no|tok:13a|smooth:exp|version:2.6.0"
@@ -366,3 +366,13 @@ def test_wait_for_returns_once_the_file_exists(tmp_path):
     assert not files.wait_for(str(target), timeout=0.2, poll_seconds=0.05)
     target.write_text("{}")
     assert files.wait_for(str(target), timeout=0.2, poll_seconds=0.05)
+
+
+def test_the_model_card_names_each_side_of_separate_vocabularies():
+    metadata = {"vocab_size": 68, "source_vocab_size": 60, "target_vocab_size": 68,
+                "tokenizer": {"shared": False, "sha256": "cd" * 32}}
+    section = model_card.data_section(data_dir="gs://b/data", metadata=metadata)
+    assert "separate SentencePiece models, source 60 and target 68 pieces" in section
+    shared = model_card.data_section(data_dir="gs://b/data", metadata={
+        "vocab_size": 122, "tokenizer": {"shared": True, "sha256": "ef" * 32}})
+    assert "122 SentencePiece pieces, shared" in shared

@@ -13,6 +13,7 @@ import pytest
 import sacrebleu
 import tensorflow as tf
 
+import models
 import toy_data
 from configs import tiny
 from launch import eval_records, evaluator, export_lib, shared_files, trainer
@@ -540,7 +541,7 @@ def test_ctranslate2_export_decodes_greedily_as_our_decoder(trained, tmp_path):
 
 def test_ctranslate2_export_refuses_the_lstm(tmp_path):
     from launch import ctranslate2_export
-    model = evaluator.models.build_model(
+    model = models.build_model(
         dict(name="lstm_attention", num_encoder_layers=1, num_decoder_layers=1, embed_dim=8,
              hidden_dim=8), source_vocab_size=11, target_vocab_size=11, pad_id=0, eos_id=1,
         bos_id=3)

@@ -23,8 +23,14 @@ def data_section(*, data_dir: str, metadata: dict | None) -> str:
     if metadata.get("sources"):
         lines.append(f"- Sources: `{json.dumps(metadata['sources'], sort_keys=True)}`")
     tokenizer = metadata.get("tokenizer", {})
-    lines.append(f"- Vocabulary: {metadata.get('vocab_size', '?')} SentencePiece pieces, "
-                 f"tokenizer sha256 `{tokenizer.get('sha256', '?')}`")
+    if tokenizer.get("shared", True):
+        vocabulary = f"{metadata.get('vocab_size', '?')} SentencePiece pieces, shared"
+    else:
+        vocabulary = (f"separate SentencePiece models, source "
+                      f"{metadata.get('source_vocab_size', '?')} and target "
+                      f"{metadata.get('target_vocab_size', '?')} pieces")
+    lines.append(f"- Vocabulary: {vocabulary}, tokenizer sha256 "
+                 f"`{tokenizer.get('sha256', '?')}`")
     splits = metadata.get("splits", {})
     if splits:
         lines += ["", "| split | read | written | dropped |", "|---|---|---|---|"]
