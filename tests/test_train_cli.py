@@ -64,6 +64,20 @@ def test_bad_flags_are_rejected_before_the_workdir_is_touched(data_dir, tmp_path
     assert not workdir.exists()
 
 
+def test_sharing_embeddings_across_separate_vocabularies_is_one_error_line(tmp_path):
+    separate = toy_data.make_toy_data_dir(str(tmp_path / "data"), num_train=64,
+                                          separate_vocabs=True)
+    workdir = tmp_path / "work"
+    result = subprocess.run(
+        train_command(separate, workdir, "--config.model.share_embeddings=True"),
+        capture_output=True, text=True, env=env(), cwd=REPO, timeout=120)
+    assert result.returncode == exit_codes.ERROR
+    errors = [line for line in result.stderr.splitlines() if "s2s-train: error:" in line]
+    assert len(errors) == 1 and "needs a shared vocabulary" in errors[0]
+    assert "Traceback" not in result.stderr
+    assert not workdir.exists()
+
+
 def test_sigkill_then_restart_reproduces_the_uninterrupted_run(data_dir, tmp_path):
     reference = subprocess.run(train_command(data_dir, tmp_path / "a"), capture_output=True,
                                text=True, env=env(), cwd=REPO, timeout=300)
