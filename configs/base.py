@@ -59,6 +59,12 @@ def get_config() -> ml_collections.ConfigDict:
     config.train.mixed_precision = ""  # "" (float32) | "mixed_bfloat16" | "mixed_float16" | "auto"
     config.train.jit_compile = False  # XLA-compile the train step (always on under TPU)
     config.train.max_nonfinite_steps = 20  # abort after this many consecutive non-finite losses
+    # Warm start a fresh run from another run's weights: a workdir, checkpoint directory or
+    # checkpoint prefix with this model config and tokenizer ("" = from scratch).
+    config.train.init_from = ""
+    # Also take its optimizer state: moments and iteration count, so the learning-rate
+    # schedule continues where it stopped; this run's own step still counts from 0.
+    config.train.init_optimizer = False
 
     config.decode = ml_collections.ConfigDict()
     config.decode.beam_size = 4

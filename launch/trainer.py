@@ -21,7 +21,8 @@ import tensorflow as tf
 from absl import logging
 
 import models
-from launch import checkpoints, optim, precision, strategy as strategy_lib, vocabulary
+from launch import (checkpoints, optim, precision, strategy as strategy_lib, vocabulary,
+                    warm_start)
 from pipeline import dataset, features
 
 MIXED_PRECISION = precision.POLICIES + (precision.AUTO,)
@@ -447,6 +448,13 @@ def train(config, *, workdir: str, data_dir: str,
                                   worker_index=worker_index, is_chief=is_chief,
                                   keep=config.train.keep_checkpoints)
     restored = _restore(manager, trainer.checkpoint, fleet=fleet, workdir=workdir) >= 0
+    if config.train.init_from and not restored:
+        try:
+            warm_start.load(config.train.init_from, model=trainer.model,
+                            optimizer=trainer.optimizer if config.train.init_optimizer else None,
+                            tokenizer_sha256=config.data.tokenizer_sha256)
+        except warm_start.WarmStartError as error:
+            raise TrainingError(str(error)) from None
     _unscale_old_checkpoint(trainer.optimizer)
     checkpoints.remove_stale_temps(workdir, started=started, worker_index=worker_index,
                                    is_chief=is_chief)
