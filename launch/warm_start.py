@@ -86,6 +86,6 @@ def load(source: str, *, model, optimizer=None, tokenizer_sha256: str) -> str:
     for group, variables in groups:
         for index, variable in enumerate(variables):
             variable.assign(reader.get_tensor(_KEY.format(group=group, index=index)))
-    logging.info("warm start: %s weights%s from %s", "model",
+    logging.info("warm start: model weights%s from %s",
                  " and optimizer state" if optimizer is not None else "", path)
     return path
