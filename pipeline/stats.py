@@ -171,9 +171,9 @@ def build_metadata(*, stats: Mapping, tokenizer: dict, settings: OutputSettings,
                        "vocab_size": loaded[model].vocab_size}
     if tokenizer["shared"]:
         fingerprint = sides["source"]["sha256"]
-    else:  # one value that changes when either model changes (checkpoints pin it)
-        fingerprint = tokenizer_lib.sha256_of_bytes(
-            f"{sides['source']['sha256']}:{sides['target']['sha256']}".encode("ascii"))
+    else:  # checkpoints pin this one value
+        fingerprint = tokenizer_lib.pair_fingerprint(sides["source"]["sha256"],
+                                                     sides["target"]["sha256"])
     splits = sorted(settings.num_shards, key=features.SPLITS.index)
     max_lengths = {key[2]: count for key, count in stats.items()
                    if key[0] == "train" and key[1] == "len_max"}

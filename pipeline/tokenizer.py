@@ -113,6 +113,11 @@ def sha256_of_file(path: str) -> str:
     return sha256_of_bytes(read_model_bytes(path))
 
 
+def pair_fingerprint(source_sha256: str, target_sha256: str) -> str:
+    """One value for a source/target model pair that changes when either model changes."""
+    return sha256_of_bytes(f"{source_sha256}:{target_sha256}".encode("ascii"))
+
+
 class Tokenizer:
     """A SentencePiece model with the data contract applied: ids end in EOS_ID."""
 

@@ -4,7 +4,6 @@ Task: copy a string of letters to its upper-case form, tokenized by a character-
 SentencePiece model; small enough that a tiny model learns it in a few hundred steps.
 """
 
-import hashlib
 import json
 import os
 import random
@@ -13,6 +12,7 @@ import sentencepiece as spm
 import tensorflow as tf
 
 from pipeline import features
+from pipeline import tokenizer as tokenizer_lib
 
 LETTERS = "abcdefgh"
 
@@ -68,11 +68,6 @@ def write_split(output_dir: str, split: str, pairs: list[tuple[str, str]], *,
                     inputs_text=source, targets_text=target))
 
 
-def _sha256(path: str) -> str:
-    with open(path, "rb") as f:
-        return hashlib.sha256(f.read()).hexdigest()
-
-
 def make_toy_data_dir(output_dir: str, *, num_train: int = 512, num_dev: int = 32,
                       num_test: int = 32, train_shards: int = 2,
                       separate_vocabs: bool = False) -> str:
@@ -95,11 +90,11 @@ def make_toy_data_dir(output_dir: str, *, num_train: int = 512, num_dev: int = 3
                     num_shards=train_shards if split == "train" else 1,
                     processor=processors["source"], target_processor=processors["target"])
         splits[split] = {"read": count, "written": count, "dropped": {}}
-    sides = {side: {"path": os.path.basename(path), "sha256": _sha256(path),
+    sides = {side: {"path": os.path.basename(path), "sha256": tokenizer_lib.sha256_of_file(path),
                     "vocab_size": processors[side].get_piece_size()}
              for side, path in paths.items()}
-    fingerprint = (hashlib.sha256(f"{sides['source']['sha256']}:{sides['target']['sha256']}"
-                                  .encode("ascii")).hexdigest()
+    fingerprint = (tokenizer_lib.pair_fingerprint(sides["source"]["sha256"],
+                                                  sides["target"]["sha256"])
                    if separate_vocabs else sides["source"]["sha256"])
     metadata = {
         "splits": splits,
