@@ -66,6 +66,15 @@ def get_config() -> ml_collections.ConfigDict:
     # schedule continues where it stopped; this run's own step still counts from 0.
     config.train.init_optimizer = False
 
+    # Stop when a dev metric stops improving (launch/early_stopping.py). metric "" = off;
+    # "dev_loss": the trainer measures teacher-forced dev cross-entropy at each checkpoint
+    # (single-process runs); bleu | chrf | wer | per | xent | token_accuracy: the separate
+    # `s2s-evaluate --split=dev` job measures it and writes the stop marker.
+    config.early_stopping = ml_collections.ConfigDict()
+    config.early_stopping.metric = ""
+    config.early_stopping.patience = 5  # evaluations in a row without an improvement
+    config.early_stopping.min_delta = 0.0  # an improvement must be larger than this
+
     config.decode = ml_collections.ConfigDict()
     config.decode.beam_size = 4
     config.decode.alpha = 0.6  # GNMT length penalty exponent

@@ -87,6 +87,9 @@ def print_row(row: dict) -> None:
         print(f"  {source} => {hypothesis}   [{reference}]")
     if not row.get("recorded", True):
         print("another evaluator had recorded this measurement already; not added again")
+    if row.get("stopped_training"):
+        print(f"early stopping: {row['stopped_training']}; the trainer stops at its next "
+              "check (WORKDIR/STOP_TRAINING.json)")
     if row.get("exported"):
         print(f"exported the best model so far to {row['exported']} "
               "(WORKDIR/export/best/current.json points to it)")

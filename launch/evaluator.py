@@ -1,7 +1,9 @@
 """The evaluation job: restore a checkpoint, beam-search a split, score, export the best.
 
-Owns WORKDIR/eval/<split>/ (metrics.jsonl, hyp-<step>.txt, TensorBoard events) and the
-export root WORKDIR/export/best; it never writes a file the trainer owns.
+Owns WORKDIR/eval/<split>/ (metrics.jsonl, hyp-<step>.txt, TensorBoard events), the
+export root WORKDIR/export/best and, under an evaluator metric for early stopping, the
+stop marker the trainer reads (launch/early_stopping.py); it never writes a file the
+trainer owns.
 """
 
 import contextlib
@@ -15,9 +17,9 @@ import sacrebleu
 import tensorflow as tf
 from absl import logging
 
-from launch import (checkpoints, eval_records, export_lib, replicated_search, shared_files,
-                    vocabulary)
-from models import decoding, losses
+from launch import (checkpoints, early_stopping, eval_records, export_lib, replicated_search,
+                    shared_files, teacher_forcing, vocabulary)
+from models import decoding
 from pipeline import dataset, features, tokenizer
 
 EXAMPLES = 8  # (source, reference, hypothesis) triples returned for the console
@@ -222,30 +224,6 @@ def padded_batch(rows: list[np.ndarray], *, size: int, boundaries, pad_id: int,
     return batch
 
 
-def teacher_forced_scores(run: Run, *, split: str, data_dir: str) -> dict:
-    """Per-token cross-entropy (nats, no smoothing) and accuracy given the reference prefix.
-
-    Cheaper than a search and smoother than BLEU: dev xent rising across checkpoints while
-    the training loss still falls shows the model has begun to memorize.
-    """
-    pad_id = run.config.data.pad_id
-    ids = tf.TensorSpec([None, None], tf.int32)
-
-    @tf.function(input_signature=[ids, ids])
-    def sums(inputs, targets):
-        logits = run.model({features.INPUTS: inputs, features.TARGETS: targets})
-        loss, count = losses.cross_entropy_sums(logits, targets, pad_id=pad_id)
-        correct, _ = losses.accuracy_sums(logits, targets, pad_id=pad_id)
-        return tf.stack([loss, correct, count])
-
-    total = np.zeros(3)
-    for batch in dataset.make_eval_dataset(data_dir=data_dir, split=split,
-                                           batch_size=run.config.decode.batch_size):
-        total += sums(batch[features.INPUTS], batch[features.TARGETS]).numpy()
-    loss, correct, count = total
-    return {"xent": loss / max(count, 1), "token_accuracy": 100.0 * correct / max(count, 1)}
-
-
 def edit_distance(a: list[str], b: list[str]) -> int:
     """Levenshtein distance between two token lists."""
     previous = list(range(len(b) + 1))
@@ -341,6 +319,7 @@ class Evaluator:
         self.search, self.average_last, self.export_best = search, average_last, export_best
         self.best = best or eval_records.best_metric(g2p=is_g2p(run.metadata))
         self.lease_wait = lease_wait
+        self.stopping = early_stopping.policy_from_config(run.config)
         self.out_dir = os.path.join(workdir, "eval", split)
         self.metrics_path = os.path.join(self.out_dir, eval_records.METRICS_FILE)
         self._summaries = None
@@ -360,6 +339,8 @@ class Evaluator:
                 exported = self._maybe_export(row)
                 if exported:
                     row["exported"] = exported
+            if recorded:
+                self._maybe_stop_training(row)
         if recorded:
             self._write_summaries(row)
         self._log(row, recorded=recorded)
@@ -395,7 +376,8 @@ class Evaluator:
                 "averaged": averaged, "replicas": self.search.replicas,
                 **score(hypotheses, references, g2p=is_g2p(self.run.metadata)),
                 "decode_seconds": round(seconds, 2),
-                **teacher_forced_scores(self.run, split=self.split, data_dir=self.data_dir)}
+                **teacher_forcing.split_scores(self.run.model, config=self.run.config,
+                                               split=self.split, data_dir=self.data_dir)}
 
     def _write_hypotheses(self, step: int, hypotheses: list[str]) -> None:
         tf.io.gfile.makedirs(self.out_dir)
@@ -411,6 +393,20 @@ class Evaluator:
         measurement first."""
         lease.check()
         return eval_records.append_metrics(self.metrics_path, row)
+
+    def _maybe_stop_training(self, row: dict) -> None:
+        """Writes the trainer's stop marker when the run's early-stopping policy says so:
+        only on the dev split, over the rows measured with this row's decoding settings."""
+        if not (self.stopping.enabled and not self.stopping.in_trainer
+                and self.split == "dev"):
+            return
+        rows = [r for r in eval_records.read_metrics(self.metrics_path)
+                if eval_records.measurement(r)[1:] == eval_records.measurement(row)[1:]]
+        decision = early_stopping.decide(rows, self.stopping)
+        if decision and early_stopping.write_marker(self.workdir, decision, by="s2s-evaluate"):
+            logging.info("early stopping: %s; wrote %s", decision["reason"],
+                         early_stopping.marker_path(self.workdir))
+            row["stopped_training"] = decision["reason"]
 
     def _exported(self) -> dict | None:
         """The manifest of the model in export/best, None when there is none."""
@@ -532,6 +528,8 @@ def evaluate(*, workdir: str, data_dir: str, split: str = "dev", watch: bool = F
     XLA-compiled with jit_compile. With watch=True, WatchTimeout when `timeout` passes
     before the final training step is scored.
     """
+    if watch:
+        wait_for_config(workdir, timeout=timeout)
     run = load_run(workdir=workdir, data_dir=data_dir)
     dataset.verified_shard_files(data_dir, split, metadata=run.metadata, count_records=True)
     search = make_search(run, beam_size=beam_size or run.config.decode.beam_size,
@@ -539,6 +537,8 @@ def evaluate(*, workdir: str, data_dir: str, split: str = "dev", watch: bool = F
                          strategy=strategy, jit_compile=jit_compile)
     try:
         best = eval_records.best_metric(best_metric, g2p=is_g2p(run.metadata))
+        check_stopping_metric(early_stopping.policy_from_config(run.config),
+                              g2p=is_g2p(run.metadata))
     except ValueError as error:
         raise EvaluationError(str(error)) from error
     evaluator = Evaluator(run, workdir=workdir, data_dir=data_dir, split=split, search=search,
@@ -549,6 +549,25 @@ def evaluate(*, workdir: str, data_dir: str, split: str = "dev", watch: bool = F
     if not watch:
         return [evaluator(latest_or_named(workdir, checkpoint))]
     return watch_checkpoints(evaluator, timeout=timeout)
+
+
+def wait_for_config(workdir: str, *, timeout: float, poll: float = 2.0) -> None:
+    """--watch may start beside the trainer: wait for its config.json, up to `timeout`
+    (load_run then names the workdir if it never came)."""
+    path = os.path.join(workdir, "config.json")
+    deadline = time.monotonic() + timeout
+    if not tf.io.gfile.exists(path):
+        logging.info("waiting up to %g s for the trainer to write %s", timeout, path)
+    while not tf.io.gfile.exists(path) and time.monotonic() < deadline:
+        time.sleep(poll)
+
+
+def check_stopping_metric(policy: early_stopping.Policy, *, g2p: bool) -> None:
+    """An evaluator metric this data has (WER and PER exist for G2P only)."""
+    if policy.enabled and not policy.in_trainer and policy.metric in eval_records.G2P_ONLY \
+            and not g2p:
+        raise ValueError(f"config.early_stopping.metric={policy.metric!r} is measured on "
+                         "grapheme-to-phoneme data only")
 
 
 def watch_checkpoints(evaluator: Evaluator, *, timeout: float) -> list[dict]:
@@ -568,10 +587,13 @@ def watch_checkpoints(evaluator: Evaluator, *, timeout: float) -> list[dict]:
                 scored.add(step)
             except CheckpointGone as error:
                 logging.warning("%s; skipping it", error)
-        if step >= num_steps:
+        if step >= num_steps or early_stopping.read_marker(evaluator.workdir):
             break
     last = max(scored, default=0)
-    if last < num_steps:
+    stopped = early_stopping.read_marker(evaluator.workdir)
+    if stopped:
+        logging.info("training was stopped early (%s); done watching", stopped["reason"])
+    elif last < num_steps:
         raise WatchTimeout(unfinished_message(last=last, seen=seen, num_steps=num_steps,
                                               timeout=timeout), rows=rows)
     return rows

@@ -21,12 +21,13 @@ import tensorflow as tf
 from absl import logging
 
 import models
-from launch import (checkpoints, optim, precision, strategy as strategy_lib, vocabulary,
-                    warm_start)
+from launch import (checkpoints, early_stopping, optim, precision, shared_files,
+                    strategy as strategy_lib, teacher_forcing, vocabulary, warm_start)
 from pipeline import dataset, features
 
 MIXED_PRECISION = precision.POLICIES + (precision.AUTO,)
 CONFIG_FILE = "config.json"
+DEV_LOSS_FILE = "dev_loss.jsonl"  # in WORKDIR/train/: early stopping's own dev measurements
 
 
 class TrainingError(RuntimeError):
@@ -68,6 +69,7 @@ def validate_config(config) -> None:
     if any(int(b) <= 0 for b in data.bucket_boundaries):
         raise ValueError(f"config.data.bucket_boundaries must be positive: "
                          f"{data.bucket_boundaries}")
+    early_stopping.policy_from_config(config)
     # Building the model config catches bad model names and hyperparameters now.
     model_config = config.model.copy_and_resolve_references()
     model_config.unlock()
@@ -379,12 +381,13 @@ class _Fleet:
             "Each worker keeps its own copy (its data position); restore the missing or stale "
             "copies so every worker has the same newest step, or use a new --workdir")
 
-    def decide_after_call(self, *, preempted: bool, seconds_per_step: float
-                          ) -> tuple[list[int], float]:
-        """(workers that got SIGTERM, mean seconds per step): the same on every worker."""
-        table = self.gather([1.0 if preempted else 0.0, seconds_per_step])
+    def decide_after_call(self, *, preempted: bool, stop_marked: bool,
+                          seconds_per_step: float) -> tuple[list[int], bool, float]:
+        """(workers that got SIGTERM, whether any saw the stop marker, mean seconds per
+        step): the same on every worker."""
+        table = self.gather([float(preempted), float(stop_marked), seconds_per_step])
         notified = [index for index, flag in enumerate(table[:, 0]) if flag > 0.5]
-        return notified, float(table[:, 1].mean())
+        return notified, bool(table[:, 1].max() > 0.5), float(table[:, 2].mean())
 
 
 def _steps_per_call(config, seconds_per_step: float) -> int:
@@ -471,6 +474,10 @@ def train(config, *, workdir: str, data_dir: str,
               else tf.summary.create_noop_writer())
     history: list[StepStats] = []
     progress = _Progress(config, writer=writer, is_chief=is_chief)
+    stopping = _Stopping(config, workdir=workdir, data_dir=data_dir, model=trainer.model,
+                         fleet=fleet, is_chief=is_chief)
+    if stopping.stopped_before():
+        return history
     steps_per_call = 1  # the first call also traces and compiles; later ones fit the budget
     with SigtermFlag() as sigterm, writer.as_default():
         step = start
@@ -485,21 +492,107 @@ def train(config, *, workdir: str, data_dir: str,
                                                    length_skips=trainer.length_skips):
                 stats = trainer.run_loop(boundary - step)
                 elapsed = time.perf_counter() - began
-                notified, seconds_per_step = fleet.decide_after_call(
-                    preempted=sigterm.raised, seconds_per_step=elapsed / (boundary - step))
+                notified, stop, seconds_per_step = fleet.decide_after_call(
+                    preempted=sigterm.raised,
+                    stop_marked=is_chief and stopping.marked(),
+                    seconds_per_step=elapsed / (boundary - step))
             history.extend(stats)
             progress.record(stats, first_step=step + 1, seconds=elapsed)
             step = boundary
             trainer.length_skips.report(step)
             steps_per_call = _steps_per_call(config, seconds_per_step)
-            if (step % config.train.checkpoint_every_steps == 0
-                    or step == config.train.num_steps or notified):
+            at_checkpoint = step % config.train.checkpoint_every_steps == 0
+            if at_checkpoint:
+                stopping.measure(step)
+            if at_checkpoint or step == config.train.num_steps or notified or stop:
                 manager.save(checkpoint_number=step)
+            if at_checkpoint and stopping.decide():
+                stop = True
+            if stop:
+                logging.info("early stopping at step %d: %s (delete %s to train on)", step,
+                             stopping.reason(), early_stopping.marker_path(workdir))
+                break
             if notified and step < config.train.num_steps:
                 writer.flush()
                 raise Preempted(step, notified_workers=notified)
     writer.flush()
     return history
+
+
+class _Stopping:
+    """The trainer's side of early stopping (launch/early_stopping.py): it honours the stop
+    marker, and under metric `dev_loss` measures teacher-forced dev loss at every checkpoint
+    (train/dev_loss.jsonl, TensorBoard `dev_loss`) and writes the marker itself."""
+
+    def __init__(self, config, *, workdir: str, data_dir: str, model, fleet: _Fleet,
+                 is_chief: bool):
+        self.policy = early_stopping.policy_from_config(config)
+        self.workdir, self.data_dir, self.fleet, self.is_chief = workdir, data_dir, fleet, is_chief
+        self.rows_path = os.path.join(workdir, "train", DEV_LOSS_FILE)
+        self.score = None
+        if self.policy.in_trainer:
+            if fleet.num_workers > 1:
+                raise TrainingError(
+                    "config.early_stopping.metric=dev_loss is measured by the trainer and "
+                    f"needs a single-process run ({fleet.num_workers} workers here); use an "
+                    "evaluator metric (bleu, wer, xent, ...) with s2s-evaluate --split=dev")
+            split = dataset.load_metadata(data_dir).get("splits", {}).get("dev", {})
+            if not split.get("written"):
+                raise TrainingError(
+                    f"config.early_stopping.metric=dev_loss needs a dev split: {data_dir} "
+                    "has no dev pairs (s2s-preprocess --dev=... or --split_fractions=dev:...)")
+            dataset.verified_shard_files(data_dir, "dev")
+            self.score = teacher_forcing.scorer(model, config=config)
+
+    def stopped_before(self) -> bool:
+        """True (on every worker) when the run was told to stop before this start."""
+        if self.policy.in_trainer and self.is_chief:
+            self.decide()
+        if not self.fleet.gather([float(self.is_chief and self.marked())]).max() > 0.5:
+            return False
+        logging.info("early stopping: %s; not training (delete %s to train on)",
+                     self.reason(), early_stopping.marker_path(self.workdir))
+        return True
+
+    def marked(self) -> bool:
+        """Checked after every call: the marker is one small read."""
+        return early_stopping.read_marker(self.workdir) is not None
+
+    def reason(self) -> str:
+        record = early_stopping.read_marker(self.workdir) or {}
+        return record.get("reason", "the stop marker was removed")
+
+    def measure(self, step: int) -> None:
+        if self.score is None:
+            return
+        scores = self.score("dev", self.data_dir)
+        tf.summary.scalar(early_stopping.TRAINER_METRIC, scores["xent"], step=step)
+        if not self.is_chief:
+            return
+        rows = [r for r in self._rows() if r["step"] != step]
+        rows.append({"step": step, early_stopping.TRAINER_METRIC: scores["xent"],
+                     "token_accuracy": scores["token_accuracy"]})
+        tf.io.gfile.makedirs(os.path.dirname(self.rows_path))
+        shared_files.write_text_atomically(
+            self.rows_path, "".join(json.dumps(r, sort_keys=True) + "\n" for r in rows))
+        logging.info("step %d dev loss %.4f (teacher-forced), token accuracy %.2f%%", step,
+                     scores["xent"], scores["token_accuracy"])
+
+    def decide(self) -> bool:
+        """Under dev_loss: writes the marker once the policy says stop; True then."""
+        if self.score is None or not self.is_chief:
+            return False
+        decision = early_stopping.decide(self._rows(), self.policy)
+        if decision is None:
+            return False
+        early_stopping.write_marker(self.workdir, decision, by="s2s-train")
+        return True
+
+    def _rows(self) -> list[dict]:
+        if not tf.io.gfile.exists(self.rows_path):
+            return []
+        with tf.io.gfile.GFile(self.rows_path) as f:
+            return [json.loads(line) for line in f.read().splitlines() if line.strip()]
 
 
 def _restore(manager: tf.train.CheckpointManager, checkpoint: tf.train.Checkpoint, *,

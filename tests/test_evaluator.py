@@ -16,7 +16,7 @@ import tensorflow as tf
 import models
 import toy_data
 from configs import tiny
-from launch import eval_records, evaluator, export_lib, shared_files, trainer
+from launch import eval_records, evaluator, export_lib, shared_files, teacher_forcing, trainer
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
@@ -176,7 +176,8 @@ def test_teacher_forced_scores_are_the_per_token_loss_and_accuracy_of_every_pair
     data_dir, workdir = trained
     run = evaluator.load_run(workdir=workdir, data_dir=data_dir)
     evaluator.restore(run, [os.path.join(workdir, "checkpoints", "ckpt-400")])
-    result = evaluator.teacher_forced_scores(run, split="dev", data_dir=data_dir)
+    result = teacher_forcing.split_scores(run.model, config=run.config, split="dev",
+                                          data_dir=data_dir)
     # One unpadded pair at a time, with numpy: padding in the job's batches changes nothing.
     nats = right = tokens = 0
     for source, target in toy_data.make_pairs(32, seed=1):  # the dev split
