@@ -58,6 +58,9 @@ def get_config() -> ml_collections.ConfigDict:
     config.train.deterministic = False  # op determinism + fixed seeds: bit-identical reruns
     config.train.mixed_precision = ""  # "" (float32) | "mixed_bfloat16" | "mixed_float16" | "auto"
     config.train.jit_compile = False  # XLA-compile the train step (always on under TPU)
+    # One trainer per workdir: the chief's lease on WORKDIR/train lasts this long without
+    # renewal; a second trainer is refused after waiting 1.5x this.
+    config.train.lease_seconds = 60.0
     config.train.max_nonfinite_steps = 20  # abort after this many consecutive non-finite losses
     # Warm start a fresh run from another run's weights: a workdir, checkpoint directory or
     # checkpoint prefix with this model config and tokenizer ("" = from scratch).

@@ -53,6 +53,8 @@ def validate_config(config) -> None:
             train.preemption_check_seconds > 0):
         raise ValueError("config.train.preemption_check_seconds must be > 0, got "
                          f"{train.preemption_check_seconds!r}")
+    if not isinstance(train.lease_seconds, (int, float)) or not train.lease_seconds > 0:
+        raise ValueError(f"config.train.lease_seconds must be > 0, got {train.lease_seconds!r}")
     if train.mixed_precision not in MIXED_PRECISION:
         raise ValueError(f"config.train.mixed_precision={train.mixed_precision!r} is not one "
                          f"of {MIXED_PRECISION}")
@@ -440,6 +442,31 @@ def train(config, *, workdir: str, data_dir: str,
     config = resolve_config(config, metadata, strategy=strategy)
     saved = read_saved_config(workdir)
     check_resume_compatible(saved, config)
+    is_chief = strategy_lib.worker_info(strategy)[2]
+    with _writer_lease(workdir, ttl=config.train.lease_seconds, enabled=is_chief) as lease:
+        return _train(config, workdir=workdir, data_dir=data_dir, strategy=strategy,
+                      started=started, lease=lease)
+
+
+@contextlib.contextmanager
+def _writer_lease(workdir: str, *, ttl: float, enabled: bool):
+    """One trainer per workdir: the chief holds a lease on WORKDIR/train while it runs
+    (renewed in the background). A second trainer waits up to 1.5 x ttl, long enough
+    for the claim of a crashed one on another host to expire, and is then refused."""
+    if not enabled:
+        yield None
+        return
+    try:
+        with shared_files.hold(os.path.join(workdir, "train"), wait=1.5 * ttl,
+                               ttl=ttl) as lease:
+            yield lease
+    except shared_files.LeaseTimeout as error:
+        raise TrainingError(f"another trainer is writing this workdir: {error}") from None
+
+
+def _train(config, *, workdir: str, data_dir: str, strategy: tf.distribute.Strategy,
+           started: float, lease) -> list[StepStats]:
+    """train() once this process may write the workdir (`lease`: the chief's, else None)."""
     worker_index, num_workers, is_chief = strategy_lib.worker_info(strategy)
     _configure_runtime(config)
 
@@ -505,6 +532,7 @@ def train(config, *, workdir: str, data_dir: str,
             if at_checkpoint:
                 stopping.measure(step)
             if at_checkpoint or step == config.train.num_steps or notified or stop:
+                _check_lease(lease)
                 manager.save(checkpoint_number=step)
             if at_checkpoint and stopping.decide():
                 stop = True
@@ -517,6 +545,16 @@ def train(config, *, workdir: str, data_dir: str,
                 raise Preempted(step, notified_workers=notified)
     writer.flush()
     return history
+
+
+def _check_lease(lease) -> None:
+    """Before a save: stop rather than write beside a trainer that took the workdir over."""
+    if lease is None:
+        return
+    try:
+        lease.check()
+    except shared_files.LeaseLost as error:
+        raise TrainingError(f"{error}; another trainer may be writing this workdir") from None
 
 
 class _Stopping:

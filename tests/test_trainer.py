@@ -3,6 +3,8 @@
 import json
 import logging
 import os
+import socket
+import time
 
 import keras
 import numpy as np
@@ -11,7 +13,7 @@ import tensorflow as tf
 
 import toy_data
 from configs import tiny
-from launch import checkpoints, precision, trainer, vocabulary
+from launch import checkpoints, precision, shared_files, trainer, vocabulary
 from pipeline import dataset
 
 
@@ -31,6 +33,11 @@ def tiny_config(**train_overrides):
     for key, value in train_overrides.items():
         setattr(config.train, key, value)
     return config
+
+
+def train(config, workdir, data_dir):
+    return trainer.train(config, workdir=str(workdir), data_dir=data_dir,
+                         strategy=tf.distribute.get_strategy())
 
 
 def mean_loss(stats):
@@ -335,3 +342,36 @@ def test_skipped_steps_are_counted_in_the_log_and_in_tensorboard(data_dir, tmp_p
                 if value.tag == "nonfinite_skipped_steps":
                     counts[event.step] = float(tf.make_ndarray(value.tensor))
     assert counts == {10: 3.0, 20: 3.0, 30: 4.0}
+
+
+def test_a_second_trainer_on_a_live_workdir_is_refused_before_writing(data_dir, tmp_path):
+    config = tiny_config(num_steps=10)
+    config.train.lease_seconds = 1.0
+    with shared_files.hold(str(tmp_path / "train"), ttl=1.0):  # a live trainer's claim
+        with pytest.raises(trainer.TrainingError,
+                           match="another trainer is writing this workdir: .* is in use by "
+                                 "another writer"):
+            train(config, tmp_path, data_dir)
+        assert not (tmp_path / "config.json").exists()
+        assert not (tmp_path / "checkpoints").exists()
+    assert len(train(config, tmp_path, data_dir)) == 10  # released: it trains
+
+
+def test_the_claim_of_a_killed_trainer_does_not_block_the_restart(data_dir, tmp_path):
+    claims = tmp_path / "train"
+    claims.mkdir()
+    dead = {"host": socket.gethostname(), "pid": 2 ** 22 + 7, "id": "x",
+            "expires": time.time() + 3600}  # unexpired, but its process is gone
+    (claims / "_lease-x.json").write_text(json.dumps(dead))
+    assert len(train(tiny_config(num_steps=10), tmp_path, data_dir)) == 10
+    assert not (claims / "_lease-x.json").exists()
+    assert not list(claims.glob("_lease-*.json"))  # ours is released at the end
+
+
+def test_a_lost_lease_stops_before_the_next_save(tmp_path):
+    lease = shared_files.Lease(str(tmp_path))
+    lease.acquire(wait=1)
+    os.remove(lease.path)  # taken over: another trainer removed it as stale
+    with pytest.raises(trainer.TrainingError, match="taken over while held"):
+        trainer._check_lease(lease)
+    lease.release()
