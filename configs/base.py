@@ -68,6 +68,9 @@ def get_config() -> ml_collections.ConfigDict:
     # Also take its optimizer state: moments and iteration count, so the learning-rate
     # schedule continues where it stopped; this run's own step still counts from 0.
     config.train.init_optimizer = False
+    # init_from was trained with another tokenizer (an export or published model, which
+    # carry theirs): move embedding and output rows by piece; new pieces start fresh.
+    config.train.init_vocab_map = False
 
     # Stop when a dev metric stops improving (launch/early_stopping.py). metric "" = off;
     # "dev_loss": the trainer measures teacher-forced dev cross-entropy at each checkpoint

@@ -18,7 +18,7 @@ import tensorflow as tf
 from absl import logging
 
 from launch import (checkpoints, early_stopping, eval_records, export_lib, replicated_search,
-                    shared_files, teacher_forcing, vocabulary)
+                    shared_files, teacher_forcing, vocabulary, warm_start)
 from models import decoding
 from pipeline import dataset, features, tokenizer
 
@@ -430,12 +430,9 @@ class Evaluator:
         run = self.run
         info = {"step": row["step"], "split": self.split, "averaged": row["averaged"],
                 "best_metric": self.best.name, **{k: row[k] for k in SCALARS if k in row}}
-        return publish(
-            export_root(self.workdir), step=row["step"], wait=self.lease_wait,
-            write=lambda directory: export_lib.save_translator(
-                run.model, saved_model_dir=directory, source_model=run.source_tokenizer.model,
-                target_model=run.target_tokenizer.model, beam_size=row["beam_size"],
-                alpha=row["alpha"], **export_options(run), info=info))
+        return publish(export_root(self.workdir), step=row["step"], wait=self.lease_wait,
+                       write=savedmodel_writer(run, beam_size=row["beam_size"],
+                                               alpha=row["alpha"], info=info))
 
     def reconcile_export(self) -> None:
         """Makes export/best hold the best recorded row, as after a crash between the
@@ -631,13 +628,24 @@ def export_checkpoint(*, workdir: str, data_dir: str, export_dir: str, checkpoin
     if export_format == "ctranslate2":
         write = ctranslate2_writer(run, quantization=quantization, info=info)
     else:
-        write = lambda directory: export_lib.save_translator(  # noqa: E731
-            run.model, saved_model_dir=directory, source_model=run.source_tokenizer.model,
-            target_model=run.target_tokenizer.model,
-            beam_size=beam_size or run.config.decode.beam_size,
-            alpha=run.config.decode.alpha if alpha is None else alpha,
-            **export_options(run), info=info)
+        write = savedmodel_writer(run, beam_size=beam_size or run.config.decode.beam_size,
+                                  alpha=run.config.decode.alpha if alpha is None else alpha,
+                                  info=info)
     return publish(export_dir, write=write, step=info["step"])
+
+
+def savedmodel_writer(run: Run, *, beam_size: int, alpha: float, info: dict):
+    """A publish_version writer: the SavedModel, its warm-start bundle, then its manifest."""
+    def write(directory: str) -> None:
+        warm_start.write_bundle(os.path.join(directory, warm_start.BUNDLE),
+                                model=run.model, config=run.config,
+                                source_model=run.source_tokenizer.model,
+                                target_model=run.target_tokenizer.model)
+        export_lib.save_translator(
+            run.model, saved_model_dir=directory, source_model=run.source_tokenizer.model,
+            target_model=run.target_tokenizer.model, beam_size=beam_size, alpha=alpha,
+            **export_options(run), info=info)
+    return write
 
 
 def ctranslate2_writer(run: Run, *, quantization: str | None, info: dict):

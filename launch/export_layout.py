@@ -4,13 +4,19 @@ An export root (s2s-evaluate's WORKDIR/export/best, s2s-export's --export_dir) h
 complete, never-modified version directories and one small pointer file naming the
 version in force:
 
-    ROOT/current.json                       {"version": "<name>", "step": ..., ...}
-    ROOT/<UTC time>-step<step>-<uuid8>/     a SavedModel (or CTranslate2 model) + s2s_export.json
+    ROOT/current.json          {"version": "<N>", "step": ..., "previous_version": ...}
+    ROOT/<N>/saved_model.pb    a SavedModel (or CTranslate2 model) + s2s_export.json
 
-A new version is written in full under a fresh name and the pointer is replaced last, in
-one write: a reader that follows the pointer always finds a complete model, on a local
-disk and on gs:// alike, where a directory rename would copy objects one by one.
-Roots written before versioning held the SavedModel itself; `resolve` accepts both.
+This is TF Serving's layout: N is an integer (the UTC time as YYYYMMDDHHMMSS, always
+above the versions already there), so `tensorflow_model_server --model_base_path=ROOT`
+serves the root as it is, and its default policy (the highest version) is the one in
+force. A new version is written in full under a staging name (ROOT/.staging-*, which
+TF Serving ignores), renamed to its number, and the pointer is replaced last, in one
+write: a reader that follows the pointer always finds a complete model, on a local disk
+and on gs:// alike (there the rename copies objects one by one; TF Serving retries a
+load that found a version half-copied). Versions named before integer versions
+(<UTC time>-step<step>-<uuid8>) and roots written before versioning, which held the
+SavedModel itself, still resolve.
 
 The cloud launchers read roots through google-cloud-storage (launch/cloud/files.py) and
 the jobs through tf.io.gfile, so the functions here take the reading functions as
@@ -19,12 +25,16 @@ arguments.
 
 import datetime
 import json
+import re
 import uuid
-from typing import Callable
+from typing import Callable, Iterable
 
 POINTER = "current.json"  # names the version in force; replaced last, atomically
 MANIFEST = "s2s_export.json"  # in every version directory: marks it as one of our exports
 LEASE_PREFIX = "_lease-"  # writers' lease claims (launch/shared_files.py)
+STAGING_PREFIX = ".staging-"  # a version being written; TF Serving skips non-integer names
+INTEGER_VERSION = re.compile(r"^[1-9][0-9]{0,17}$")  # TF Serving: an int64 directory name
+LEGACY_VERSION = re.compile(r"^\d{8}T\d{6}Z(-step\d+)?-[0-9a-f]{8}$")
 
 
 class NotAnExportError(ValueError):
@@ -36,12 +46,23 @@ def join(base: str, *parts: str) -> str:
     return "/".join([base.rstrip("/"), *(p.strip("/") for p in parts)])
 
 
-def version_name(step: int | None, *, now: datetime.datetime | None = None) -> str:
-    """A fresh version directory name: sortable by time, the step for people, and a
-    random tail so two writers never pick the same name (PIDs repeat across containers)."""
+def next_version(existing: Iterable[str], *, now: datetime.datetime | None = None) -> str:
+    """The integer name of a new version: the UTC time as YYYYMMDDHHMMSS, or one above the
+    highest integer version in `existing` when that is later (TF Serving serves the
+    highest). Callers hold the root's lease, so no other writer picks the same number."""
     now = now or datetime.datetime.now(datetime.timezone.utc)
-    step_part = f"-step{step}" if step is not None else ""
-    return f"{now:%Y%m%dT%H%M%S}Z{step_part}-{uuid.uuid4().hex[:8]}"
+    taken = [int(name) for name in existing if INTEGER_VERSION.match(name)]
+    return str(max([int(f"{now:%Y%m%d%H%M%S}"), *(number + 1 for number in taken)]))
+
+
+def is_version(name: str) -> bool:
+    """A version directory name, today's integers or the older time-step-uuid names."""
+    return bool(INTEGER_VERSION.match(name) or LEGACY_VERSION.match(name))
+
+
+def staging_name() -> str:
+    """Where a version is written before it gets its number; unique per writer."""
+    return f"{STAGING_PREFIX}{uuid.uuid4().hex}"
 
 
 def parse_pointer(text: str, *, path: str) -> dict:

@@ -13,7 +13,6 @@ the evaluator: callers hand it a built model, or a function that writes one.
 
 import datetime
 import json
-import re
 from typing import Callable
 
 import tensorflow as tf
@@ -27,7 +26,6 @@ MANIFEST = export_layout.MANIFEST
 POINTER = export_layout.POINTER
 NotAnExportError = export_layout.NotAnExportError
 SAVED_MODEL_FORMAT = "s2s-pipeline translator"
-VERSION_PATTERN = re.compile(r"^\d{8}T\d{6}Z(-step\d+)?-[0-9a-f]{8}$")
 # What a root from before versioning held at its top (removed once a pointer is in force,
 # so nothing loads the stale model by mistake).
 LEGACY_ENTRIES = ("saved_model.pb", "fingerprint.pb", "variables", "assets")
@@ -155,12 +153,14 @@ def publish_version(root: str, *, write: Callable[[str], None], step: int | None
     time (a lease); a failure at any point leaves the previous version in force.
     Returns the new version's directory."""
     with shared_files.hold(root, wait=wait) as lease:
-        version = export_layout.version_name(step)
-        directory = export_layout.join(root, version)
-        write(directory)
-        if not tf.io.gfile.exists(export_layout.join(directory, MANIFEST)):
-            raise RuntimeError(f"{directory} was written without its {MANIFEST}")
+        staging = export_layout.join(root, export_layout.staging_name())
+        write(staging)
+        if not tf.io.gfile.exists(export_layout.join(staging, MANIFEST)):
+            raise RuntimeError(f"{staging} was written without its {MANIFEST}")
         lease.check()
+        version = export_layout.next_version(_names(root))
+        directory = export_layout.join(root, version)
+        tf.io.gfile.rename(staging, directory)
         previous = read_pointer(root)
         write_pointer(root, version=version, step=step,
                       previous=previous["version"] if previous else None)
@@ -180,16 +180,20 @@ def write_pointer(root: str, *, version: str, step: int | None, previous: str | 
 
 def prune(root: str, *, keep: set[str]) -> None:
     """Removes versions other than `keep` (the one in force and the one before, which a
-    reader may still be loading), unfinished ones of crashed writers, and a model from
-    before versioning. Runs under the root's lease, so no writer is mid-version."""
-    for entry in tf.io.gfile.listdir(root):
-        name = entry.rstrip("/")
+    reader may still be loading), the staging directories of crashed writers, and a model
+    from before versioning. Runs under the root's lease, so no writer is mid-version."""
+    for name in _names(root):
         path = export_layout.join(root, name)
-        if VERSION_PATTERN.match(name) and name not in keep:
-            tf.io.gfile.rmtree(path)
+        if (export_layout.is_version(name) and name not in keep) or name.startswith(
+                export_layout.STAGING_PREFIX):
+            tf.io.gfile.rmtree(path)  # an old version, or one a crashed writer left unfinished
         elif name.startswith(f"{POINTER}.tmp-"):
             tf.io.gfile.remove(path)  # a pointer write that crashed before its rename
     remove_legacy_model(root)
+
+
+def _names(root: str) -> list[str]:
+    return [entry.rstrip("/") for entry in tf.io.gfile.listdir(root)]
 
 
 def remove_legacy_model(root: str) -> None:

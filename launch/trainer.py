@@ -22,8 +22,9 @@ from absl import logging
 
 import models
 from launch import (checkpoints, early_stopping, optim, precision, shared_files,
-                    strategy as strategy_lib, teacher_forcing, vocabulary, warm_start)
-from pipeline import dataset, features
+                    strategy as strategy_lib, teacher_forcing, vocab_map, vocabulary,
+                    warm_start)
+from pipeline import dataset, features, tokenizer as tokenizer_lib
 
 MIXED_PRECISION = precision.POLICIES + (precision.AUTO,)
 CONFIG_FILE = "config.json"
@@ -53,6 +54,11 @@ def validate_config(config) -> None:
             train.preemption_check_seconds > 0):
         raise ValueError("config.train.preemption_check_seconds must be > 0, got "
                          f"{train.preemption_check_seconds!r}")
+    if train.init_vocab_map and not train.init_from:
+        raise ValueError("config.train.init_vocab_map needs config.train.init_from")
+    if train.init_vocab_map and train.init_optimizer:
+        raise ValueError("config.train.init_vocab_map cannot carry the optimizer state "
+                         "(its moments are vocabulary-sized); leave init_optimizer False")
     if not isinstance(train.lease_seconds, (int, float)) or not train.lease_seconds > 0:
         raise ValueError(f"config.train.lease_seconds must be > 0, got {train.lease_seconds!r}")
     if train.mixed_precision not in MIXED_PRECISION:
@@ -482,7 +488,8 @@ def _train(config, *, workdir: str, data_dir: str, strategy: tf.distribute.Strat
         try:
             warm_start.load(config.train.init_from, model=trainer.model,
                             optimizer=trainer.optimizer if config.train.init_optimizer else None,
-                            tokenizer_sha256=config.data.tokenizer_sha256)
+                            tokenizer_sha256=config.data.tokenizer_sha256,
+                            vocab_map=_vocab_map(config, data_dir=data_dir))
         except warm_start.WarmStartError as error:
             raise TrainingError(str(error)) from None
     _unscale_old_checkpoint(trainer.optimizer)
@@ -545,6 +552,16 @@ def _train(config, *, workdir: str, data_dir: str, strategy: tf.distribute.Strat
                 raise Preempted(step, notified_workers=notified)
     writer.flush()
     return history
+
+
+def _vocab_map(config, *, data_dir: str):
+    """Under config.train.init_vocab_map: rows move by piece to this data's tokenizers."""
+    if not config.train.init_vocab_map:
+        return None
+    metadata = dataset.load_metadata(data_dir)
+    source, target = tokenizer_lib.load_tokenizers(data_dir, metadata)
+    return vocab_map.planner(source_tokenizer=source, target_tokenizer=target,
+                             shared=config.model.share_embeddings)
 
 
 def _check_lease(lease) -> None:

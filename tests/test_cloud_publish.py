@@ -187,8 +187,9 @@ def test_first_publish_uploads_model_metrics_card_then_pointer(tmp_path, bucket)
     assert record["score"] == 30.0 and record["previous_version"] is None
     assert record["metrics"]["dev"]["step"] == 2000 and record["metrics"]["test"]["bleu"] == 29.0
     assert_complete(bucket, record)
-    base = files.split_gcs(record["model_dir"])[1].rsplit("/", 1)[0]
-    assert bucket.blob(f"{base}/saved_model/saved_model.pb").download_as_bytes() == b"graph-first"
+    base = files.split_gcs(record["model_dir"])[1]
+    assert base.rsplit("/", 1)[1].isdigit()  # TF Serving's integer version directory
+    assert bucket.blob(f"{base}/saved_model.pb").download_as_bytes() == b"graph-first"
     metrics = json.loads(bucket.blob(f"{base}/metrics.json").download_as_bytes())
     assert metrics["dev"]["bleu"] == 30.0
     card = bucket.blob(f"{base}/MODEL_CARD.md").download_as_text()

@@ -12,11 +12,14 @@ import numpy as np
 import pytest
 import sacrebleu
 import tensorflow as tf
+from tensorflow.core.framework import types_pb2
+from tensorflow.core.protobuf import saved_model_pb2
 
 import models
 import toy_data
 from configs import tiny
-from launch import eval_records, evaluator, export_lib, shared_files, teacher_forcing, trainer
+from launch import (eval_records, evaluator, export_layout, export_lib, shared_files,
+                    teacher_forcing, trainer)
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
@@ -62,7 +65,7 @@ def leftovers(workdir) -> list[str]:
 
 def versions(workdir) -> list[str]:
     root = evaluator.export_root(workdir)
-    return sorted(n for n in os.listdir(root) if export_lib.VERSION_PATTERN.match(n))
+    return sorted(n for n in os.listdir(root) if export_layout.is_version(n))
 
 
 def score_by_step(monkeypatch):
@@ -170,6 +173,35 @@ def test_evaluate_latest_writes_metrics_hypotheses_and_best_export(trained, tmp_
     assert (manifest["step"], manifest["split"], manifest["best_metric"]) == (400, "dev", "bleu")
     assert rows[0]["exported"] == export_lib.resolve(root) != root
     assert os.path.dirname(rows[0]["exported"]) == root
+
+
+def test_exports_have_tf_servings_layout_and_a_string_signature(trained, tmp_path,
+                                                                monkeypatch):
+    """What tensorflow_model_server --model_base_path=ROOT reads: the highest integer
+    directory's saved_model.pb, whose serving_default maps strings to strings (checked on
+    the protocol buffer itself, as saved_model_cli shows it)."""
+    data_dir, workdir = copy_workdir(trained, tmp_path)
+    score_by_step(monkeypatch)
+    evaluator.evaluate(workdir=workdir, data_dir=data_dir, split="dev",
+                       checkpoint=checkpoint(workdir, 200))
+    evaluator.evaluate(workdir=workdir, data_dir=data_dir, split="dev")  # a better one
+    root = evaluator.export_root(workdir)
+    numbered = [n for n in os.listdir(root) if n.isdigit()]
+    assert len(numbered) == 2 and set(os.listdir(root)) == {*numbered, export_lib.POINTER}
+    highest = max(numbered, key=int)
+    assert export_lib.read_pointer(root)["version"] == highest
+    assert export_lib.read_manifest(root)["step"] == 400
+    saved_model = saved_model_pb2.SavedModel()
+    with open(os.path.join(root, highest, "saved_model.pb"), "rb") as f:
+        saved_model.ParseFromString(f.read())
+    signature = saved_model.meta_graphs[0].signature_def["serving_default"]
+    assert {name: (t.dtype, [d.size for d in t.tensor_shape.dim])
+            for name, t in signature.inputs.items()} == {"inputs": (types_pb2.DT_STRING, [-1])}
+    assert {name: (t.dtype, [d.size for d in t.tensor_shape.dim])
+            for name, t in signature.outputs.items()} == {
+        "translations": (types_pb2.DT_STRING, [-1]), "scores": (types_pb2.DT_FLOAT, [-1])}
+    served = tf.saved_model.load(os.path.join(root, highest)).signatures["serving_default"]
+    assert served(inputs=tf.constant(["abc"]))["translations"].numpy().tolist() == [b"ABC"]
 
 
 def test_teacher_forced_scores_are_the_per_token_loss_and_accuracy_of_every_pair(trained):

@@ -31,7 +31,7 @@ def current_tag(root) -> str:
 
 
 def versions(root) -> list[str]:
-    return sorted(n for n in os.listdir(root) if export_lib.VERSION_PATTERN.match(n))
+    return sorted(n for n in os.listdir(root) if export_layout.is_version(n))
 
 
 class Crash(BaseException):
@@ -42,12 +42,12 @@ def test_each_publish_adds_a_version_and_moves_the_pointer_keeping_the_one_befor
     root = str(tmp_path / "best")
     first = export_lib.publish_version(root, write=writer("a"), step=100)
     assert export_lib.resolve(root) == first and current_tag(root) == "a"
-    assert "-step100-" in os.path.basename(first)
+    assert export_layout.INTEGER_VERSION.match(os.path.basename(first))
     second = export_lib.publish_version(root, write=writer("b"), step=200)
     pointer = json.load(open(os.path.join(root, export_lib.POINTER)))
     assert pointer["version"] == os.path.basename(second) and pointer["step"] == 200
     assert pointer["previous_version"] == os.path.basename(first)
-    assert "-step200-" in pointer["version"]
+    assert int(pointer["version"]) > int(os.path.basename(first))  # TF Serving: the highest
     assert versions(root) == sorted(os.path.basename(p) for p in (first, second))
     export_lib.publish_version(root, write=writer("c"), step=300)
     assert current_tag(root) == "c"

@@ -17,18 +17,18 @@ from pipeline import tokenizer as tokenizer_lib
 LETTERS = "abcdefgh"
 
 
-def _random_words(rng: random.Random) -> str:
-    words = ["".join(rng.choice(LETTERS) for _ in range(rng.randint(1, 4)))
+def _random_words(rng: random.Random, letters: str) -> str:
+    words = ["".join(rng.choice(letters) for _ in range(rng.randint(1, 4)))
              for _ in range(rng.randint(1, 3))]
     return " ".join(words)
 
 
-def make_pairs(count: int, *, seed: int) -> list[tuple[str, str]]:
+def make_pairs(count: int, *, seed: int, letters: str = LETTERS) -> list[tuple[str, str]]:
     """`count` copy-task pairs with distinct sources (the evaluator groups repeated ones)."""
     rng = random.Random(seed)
     sources = {}
     while len(sources) < count:
-        sources.setdefault(_random_words(rng))
+        sources.setdefault(_random_words(rng, letters))
     return [(source, source.upper()) for source in sources]
 
 
@@ -70,22 +70,24 @@ def write_split(output_dir: str, split: str, pairs: list[tuple[str, str]], *,
 
 def make_toy_data_dir(output_dir: str, *, num_train: int = 512, num_dev: int = 32,
                       num_test: int = 32, train_shards: int = 2,
-                      separate_vocabs: bool = False) -> str:
+                      separate_vocabs: bool = False, letters: str = LETTERS) -> str:
     """With `separate_vocabs`, as `s2s-preprocess --separate_vocabs` writes it: a source
-    model over the lower-case letters, a larger target model over the upper-case ones."""
+    model over the lower-case letters, a larger target model over the upper-case ones.
+    Other `letters` make a shifted data set with its own (shared) tokenizer."""
     tf.io.gfile.makedirs(output_dir)
     if separate_vocabs:
         paths = {"source": train_tokenizer(output_dir, name="spm_source", alphabet=LETTERS),
                  "target": train_tokenizer(output_dir, name="spm_target",
                                            alphabet=LETTERS.upper() + TARGET_ONLY)}
     else:
-        paths = dict.fromkeys(("source", "target"), train_tokenizer(output_dir))
+        paths = dict.fromkeys(("source", "target"), train_tokenizer(
+            output_dir, alphabet=letters + " " + letters.upper()))
     processors = {side: spm.SentencePieceProcessor(model_file=path)
                   for side, path in paths.items()}
     counts = {"train": num_train, "dev": num_dev, "test": num_test}
     splits = {}
     for seed, (split, count) in enumerate(counts.items()):
-        pairs = make_pairs(count, seed=seed)
+        pairs = make_pairs(count, seed=seed, letters=letters)
         write_split(output_dir, split, pairs,
                     num_shards=train_shards if split == "train" else 1,
                     processor=processors["source"], target_processor=processors["target"])

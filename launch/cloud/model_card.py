@@ -82,9 +82,12 @@ def render(*, version: str, published_at: str, workdir: str, data_dir: str,
         "",
         "## Files",
         "",
-        "- `saved_model/`: TensorFlow SavedModel, strings in and out "
+        "- `saved_model.pb`, `variables/`: TensorFlow SavedModel, strings in and out "
         "(`import tensorflow_text`, then `tf.saved_model.load(...)"
-        ".signatures['serving_default'](inputs=tf.constant([...]))`)",
+        ".signatures['serving_default'](inputs=tf.constant([...]))`); the directory above "
+        "this version is a TF Serving `--model_base_path`",
+        "- `warm_start/`: weights, config and tokenizers for "
+        "`--config.train.init_from` (fine-tuning, retraining)",
         "- `metrics.json`: the metrics above, as JSON",
         "",
     ])

@@ -3,12 +3,18 @@
     python -m launch.cloud.publish --workdir=gs://B/runs/X/work --data_dir=gs://B/runs/X/data \
         --bucket=my-models --prefix=ende
 
-Layout under gs://BUCKET/PREFIX/:
-    latest.json                       the pointer: version, model_dir, metrics, date
-    models/<version>/saved_model/     the SavedModel WORKDIR/export/best points to (the best
-                                      dev checkpoint; layout: launch/export_layout.py)
-    models/<version>/metrics.json     dev (and test) rows of metrics.jsonl at that step
-    models/<version>/MODEL_CARD.md    data, configuration, metrics + sacreBLEU signature
+Layout under gs://BUCKET/PREFIX/ (models/ is TF Serving's: `tensorflow_model_server
+--model_base_path=gs://BUCKET/PREFIX/models` serves the highest <N>, the published one):
+    latest.json                     the pointer: version, model_dir, metrics, date
+    models/<N>/saved_model.pb ...   the SavedModel WORKDIR/export/best points to (the best
+                                    dev checkpoint; layout: launch/export_layout.py), with
+                                    its warm-start bundle (launch/warm_start.py)
+    models/<N>/metrics.json         dev (and test) rows of metrics.jsonl at that step
+    models/<N>/MODEL_CARD.md        data, configuration, metrics + sacreBLEU signature
+    models/<N>/publisher.json       who claimed the number <N> (written first)
+
+N is the UTC time as YYYYMMDDHHMMSS, above every published number; a publisher claims it
+by creating publisher.json if absent, and takes the next number when another did.
 
 The pointer is replaced with an `if_generation_match` precondition on the generation that
 was read and compared against. If another publisher moved it in between, the write fails
@@ -20,8 +26,9 @@ is complete before any pointer names it.
 import dataclasses
 import datetime
 import json
+import os
+import socket
 import sys
-import uuid
 from typing import Sequence
 
 from launch import export_layout
@@ -29,6 +36,7 @@ from launch.cloud import cli, files, model_card
 
 PROG = "python -m launch.cloud.publish"
 POINTER = "latest.json"
+CLAIM = "publisher.json"  # models/<N>/publisher.json: claims the number N
 EXPORT_MANIFEST = export_layout.MANIFEST  # in every exported model directory
 METRICS = ("bleu", "chrf", "wer", "per")
 LOWER_IS_BETTER = ("wer", "per")
@@ -162,14 +170,39 @@ def copy_file(source: str, bucket, name: str) -> None:
         bucket.blob(name).upload_from_filename(source, if_generation_match=0)
 
 
+def claim_version(bucket, *, models: str, now: datetime.datetime, attempts: int = 20) -> str:
+    """A version number nobody else uses: created-if-absent publisher.json decides."""
+    from google.api_core import exceptions
+    number = int(export_layout.next_version(published_numbers(bucket, models=models), now=now))
+    for _ in range(attempts):
+        try:
+            bucket.blob(f"{models}/{number}/{CLAIM}").upload_from_string(
+                json.dumps({"host": socket.gethostname(), "pid": os.getpid(),
+                            "claimed_at": now.isoformat(timespec="seconds")}) + "\n",
+                content_type="application/json", if_generation_match=0)
+            return str(number)
+        except exceptions.PreconditionFailed:
+            number += 1  # another publisher took it
+    raise PublishError(f"could not claim a version number under gs://{bucket.name}/{models}")
+
+
+def published_numbers(bucket, *, models: str) -> list[str]:
+    """The integer version names under `models/`."""
+    blobs = bucket.client.list_blobs(bucket.name, prefix=f"{models}/", delimiter="/")
+    list(blobs)  # the prefixes are filled in as the pages are read
+    return [prefix[len(models) + 1:].strip("/") for prefix in blobs.prefixes]
+
+
 def upload_version(bucket, *, base: str, candidate: Candidate) -> None:
-    """The SavedModel and metrics.json under `base` (a fresh, unique prefix)."""
+    """The SavedModel and metrics.json under `base`, a claimed version: saved_model.pb
+    after the variables (TF Serving loads a version once it sees that file), the
+    manifest last."""
     names = files.list_files(candidate.export_dir)
     if EXPORT_MANIFEST not in names:
         raise PublishError(f"{candidate.export_dir} lost its {EXPORT_MANIFEST} while publishing")
-    for relative in names:
-        copy_file(files.join(candidate.export_dir, relative), bucket,
-                  f"{base}/saved_model/{relative}")
+    last = {"saved_model.pb": 1, EXPORT_MANIFEST: 2}
+    for relative in sorted(names, key=lambda name: last.get(name, 0)):
+        copy_file(files.join(candidate.export_dir, relative), bucket, f"{base}/{relative}")
     bucket.blob(f"{base}/metrics.json").upload_from_string(
         json.dumps(candidate.metrics, indent=2, sort_keys=True) + "\n",
         content_type="application/json", if_generation_match=0)
@@ -200,10 +233,8 @@ def publish(candidate: Candidate, *, bucket, prefix: str, metric: str = "bleu",
     new = score(candidate.metrics["dev"], metric)
     now = now or datetime.datetime.now(datetime.timezone.utc)
     pointer_name = f"{prefix.strip('/')}/{POINTER}" if prefix.strip("/") else POINTER
-    step = candidate.metrics["dev"].get("step", 0)
-    version = f"{now:%Y%m%dT%H%M%SZ}-step{step}-{uuid.uuid4().hex[:8]}"
-    base = pointer_name[:-len(POINTER)] + f"models/{version}"
-    uploaded = False
+    models = pointer_name[:-len(POINTER)] + "models"
+    uploaded, version, base = False, "", ""
     for _ in range(max_attempts):
         pointer = read_pointer(bucket, pointer_name)
         if pointer.record and pointer.record.get("version") == version:
@@ -215,6 +246,8 @@ def publish(candidate: Candidate, *, bucket, prefix: str, metric: str = "bleu",
                 delete_version(bucket, base=base)
             return Outcome("lost" if uploaded else "kept", new, pointer.record)
         if not uploaded:
+            version = claim_version(bucket, models=models, now=now)
+            base = f"{models}/{version}"
             upload_version(bucket, base=base, candidate=candidate)
             uploaded = True
         record = pointer_record(candidate, bucket=bucket, base=base, version=version,
@@ -234,7 +267,7 @@ def publish(candidate: Candidate, *, bucket, prefix: str, metric: str = "bleu",
 def pointer_record(candidate: Candidate, *, bucket, base: str, version: str, metric: str,
                    now: datetime.datetime, previous: dict | None) -> dict:
     url = f"gs://{bucket.name}/{base}"
-    return {"version": version, "model_dir": f"{url}/saved_model",
+    return {"version": version, "model_dir": url,
             "card": f"{url}/MODEL_CARD.md", "metrics_file": f"{url}/metrics.json",
             "metric": metric, "score": score(candidate.metrics["dev"], metric),
             "metrics": candidate.metrics, "published_at": now.isoformat(timespec="seconds"),
