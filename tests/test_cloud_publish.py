@@ -11,7 +11,7 @@ from http import HTTPStatus
 import pytest
 
 from launch import export_layout
-from launch.cloud import files, model_card, publish
+from launch.cloud import files, local_bucket, model_card, publish
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 SIGNATURE = "nrefs:1|case:mixed|eff:no|tok:13a|smooth:exp|version:2.6.0"
@@ -88,11 +88,35 @@ def emulator():
 
 
 @pytest.fixture
-def bucket(emulator):
+def gcs_bucket(emulator):
     from google.cloud import storage
     name = f"models-{uuid.uuid4().hex[:12]}"
     storage.Client(project="test").create_bucket(name)
     return files.bucket(name)
+
+
+@pytest.fixture(params=["gcs", "local"])
+def bucket(request, tmp_path_factory):
+    """Each publishing test runs against the GCS emulator and against a local directory
+    (launch/cloud/local_bucket.py), which must behave the same."""
+    if request.param == "local":
+        return local_bucket.LocalBucket(str(tmp_path_factory.mktemp("published")))
+    return request.getfixturevalue("gcs_bucket")
+
+
+def name_in(bucket, url: str) -> str:
+    """The object name of a URL the pointer holds."""
+    if isinstance(bucket, local_bucket.LocalBucket):
+        return os.path.relpath(url, bucket.root)
+    bucket_name, name = files.split_gcs(url)
+    assert bucket_name == bucket.name
+    return name
+
+
+def bucket_flag(bucket) -> str:
+    if isinstance(bucket, local_bucket.LocalBucket):
+        return f"--bucket={bucket.root}"
+    return f"--bucket=gs://{bucket.name}"
 
 
 def write_saved_model(directory, *, tag: str, manifest: dict) -> None:
@@ -158,16 +182,15 @@ def version_dirs(bucket, prefix="ende") -> set[str]:
 
 def assert_complete(bucket, record: dict) -> None:
     """The pointer names a version whose files are all there."""
-    bucket_name, base = files.split_gcs(record["model_dir"])
-    assert bucket_name == bucket.name
+    base = name_in(bucket, record["model_dir"])
     manifest = json.loads(bucket.blob(f"{base}/{publish.EXPORT_MANIFEST}").download_as_bytes())
     assert manifest["bleu"] == record["metrics"]["dev"]["bleu"]
     assert bucket.blob(f"{base}/variables/variables.index").exists()
     assert not bucket.blob(f"{base}/{export_layout.POINTER}").exists()  # a plain SavedModel
-    assert bucket.blob(files.split_gcs(record["card"])[1]).exists()
+    assert bucket.blob(name_in(bucket, record["card"])).exists()
 
 
-def test_emulator_rejects_a_stale_generation(bucket):
+def test_both_destinations_reject_a_stale_generation(bucket):
     from google.api_core import exceptions
     blob = bucket.blob("x.json")
     blob.upload_from_string("1", if_generation_match=0)
@@ -187,7 +210,7 @@ def test_first_publish_uploads_model_metrics_card_then_pointer(tmp_path, bucket)
     assert record["score"] == 30.0 and record["previous_version"] is None
     assert record["metrics"]["dev"]["step"] == 2000 and record["metrics"]["test"]["bleu"] == 29.0
     assert_complete(bucket, record)
-    base = files.split_gcs(record["model_dir"])[1]
+    base = name_in(bucket, record["model_dir"])
     assert base.rsplit("/", 1)[1].isdigit()  # TF Serving's integer version directory
     assert bucket.blob(f"{base}/saved_model.pb").download_as_bytes() == b"graph-first"
     metrics = json.loads(bucket.blob(f"{base}/metrics.json").download_as_bytes())
@@ -217,7 +240,7 @@ def test_a_better_model_moves_the_pointer_and_names_what_it_replaced(tmp_path, b
     record = pointer(bucket)
     assert record["score"] == 31.5 and record["previous_version"] == first.published["version"]
     assert_complete(bucket, record)
-    card = bucket.blob(files.split_gcs(record["card"])[1]).download_as_text()
+    card = bucket.blob(name_in(bucket, record["card"])).download_as_text()
     assert f"31.50 beats 30.00 of the model it replaces (`{first.published['version']}`)" in card
 
 
@@ -287,7 +310,7 @@ def test_concurrent_publisher_processes_leave_a_valid_pointer_to_the_best(tmp_pa
         workdir = make_workdir(tmp_path, bleu=bleu, tag=f"proc{bleu:g}")
         processes.append(subprocess.Popen(
             [sys.executable, "-m", "launch.cloud.publish", f"--workdir={workdir}",
-             f"--data_dir={workdir}-data", f"--bucket=gs://{bucket.name}", "--prefix=ende"],
+             f"--data_dir={workdir}-data", bucket_flag(bucket), "--prefix=ende"],
             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env))
     results = [p.communicate(timeout=120) + (p.returncode,) for p in processes]
     for out, err, code in results:
@@ -298,7 +321,8 @@ def test_concurrent_publisher_processes_leave_a_valid_pointer_to_the_best(tmp_pa
     assert_complete(bucket, record)
 
 
-def test_publishes_from_a_gcs_workdir(tmp_path, bucket):
+def test_publishes_from_a_gcs_workdir(tmp_path, gcs_bucket):
+    bucket = gcs_bucket
     local = make_workdir(tmp_path, bleu=27.0, tag="remote")
     for relative in files.list_files(local):
         bucket.blob(f"runs/remote/{relative}").upload_from_filename(os.path.join(local, relative))
@@ -318,7 +342,7 @@ def cli_publish(*args):
 
 
 def test_cli_reports_a_workdir_without_export_in_one_line(tmp_path, bucket, emulator):
-    result = cli_publish(f"--workdir={tmp_path}", f"--bucket={bucket.name}")
+    result = cli_publish(f"--workdir={tmp_path}", bucket_flag(bucket))
     assert result.returncode == 2
     assert result.stderr.strip().count("\n") == 0
     assert "is not an s2s-pipeline export (no current.json and no s2s_export.json): no " \
@@ -356,7 +380,7 @@ def test_cli_reports_a_missing_bucket_in_one_line(tmp_path, emulator):
 def test_cli_refuses_to_overwrite_a_corrupt_pointer(tmp_path, bucket, emulator):
     bucket.blob("ende/latest.json").upload_from_string("{not json")
     workdir = make_workdir(tmp_path, bleu=30.0)
-    result = cli_publish(f"--workdir={workdir}", f"--bucket={bucket.name}", "--prefix=ende")
+    result = cli_publish(f"--workdir={workdir}", bucket_flag(bucket), "--prefix=ende")
     assert result.returncode == 2, result.stderr
     assert "is not a valid pointer" in result.stderr and "Traceback" not in result.stderr
     assert bucket.blob("ende/latest.json").download_as_bytes() == b"{not json"

@@ -32,7 +32,7 @@ import sys
 from typing import Sequence
 
 from launch import export_layout
-from launch.cloud import cli, files, model_card
+from launch.cloud import cli, files, local_bucket, model_card
 
 PROG = "python -m launch.cloud.publish"
 POINTER = "latest.json"
@@ -153,10 +153,10 @@ def read_pointer(bucket, name: str, *, attempts: int = 5) -> Pointer:
             record = json.loads(data)
             record["version"], record["metrics"]["dev"]
         except (ValueError, KeyError, TypeError) as error:
-            raise PublishError(f"gs://{bucket.name}/{name} is not a valid pointer ({error!r}); "
+            raise PublishError(f"{object_url(bucket, name)} is not a valid pointer ({error!r}); "
                                "fix or delete it") from error
         return Pointer(record=record, generation=generation)
-    raise PublishError(f"gs://{bucket.name}/{name} kept changing while being read")
+    raise PublishError(f"{object_url(bucket, name)} kept changing while being read")
 
 
 def copy_file(source: str, bucket, name: str) -> None:
@@ -183,7 +183,7 @@ def claim_version(bucket, *, models: str, now: datetime.datetime, attempts: int 
             return str(number)
         except exceptions.PreconditionFailed:
             number += 1  # another publisher took it
-    raise PublishError(f"could not claim a version number under gs://{bucket.name}/{models}")
+    raise PublishError(f"could not claim a version number under {object_url(bucket, models)}")
 
 
 def published_numbers(bucket, *, models: str) -> list[str]:
@@ -260,13 +260,32 @@ def publish(candidate: Candidate, *, bucket, prefix: str, metric: str = "bleu",
         print("publish: the pointer moved while publishing; comparing again", file=sys.stderr)
     if uploaded:
         delete_version(bucket, base=base)
-    raise PublishError(f"gave up after {max_attempts} attempts: gs://{bucket.name}/"
+    raise PublishError(f"gave up after {max_attempts} attempts: {object_url(bucket, '')}"
                        f"{pointer_name} kept changing")
+
+
+def object_url(bucket, name: str) -> str:
+    """gs://BUCKET/NAME, or the file's path in a local publish directory."""
+    if isinstance(bucket, local_bucket.LocalBucket):
+        return bucket.url(name)
+    return f"gs://{bucket.name}/{name}"
+
+
+def open_destination(bucket: str):
+    """A GCS bucket by name (or gs://name), or a local directory (a path or file://path)
+    laid out the same way."""
+    if bucket.startswith(("/", ".", "file://")):
+        return local_bucket.LocalBucket(bucket.removeprefix("file://"))
+    name = bucket.removeprefix("gs://").strip("/")
+    if not name or "/" in name:
+        raise PublishError(f"--bucket={bucket!r} must be a bucket name; put folders in "
+                           "--prefix")
+    return files.bucket(name)
 
 
 def pointer_record(candidate: Candidate, *, bucket, base: str, version: str, metric: str,
                    now: datetime.datetime, previous: dict | None) -> dict:
-    url = f"gs://{bucket.name}/{base}"
+    url = object_url(bucket, base)
     return {"version": version, "model_dir": url,
             "card": f"{url}/MODEL_CARD.md", "metrics_file": f"{url}/metrics.json",
             "metric": metric, "score": score(candidate.metrics["dev"], metric),
@@ -290,7 +309,8 @@ def parse_args(argv: Sequence[str]):
     parser.add_argument("--workdir", required=True, help="s2s-train workdir (local or gs://).")
     parser.add_argument("--data_dir", default="", help="Its s2s-preprocess output, for the "
                                                        "model card's data section.")
-    parser.add_argument("--bucket", required=True, help="Destination bucket (name or gs://name).")
+    parser.add_argument("--bucket", required=True, help="Destination bucket (name or "
+                        "gs://name), or a local directory (a path or file://path).")
     parser.add_argument("--prefix", default="", help="Folder inside the bucket.")
     parser.add_argument("--metric", choices=METRICS, default="bleu",
                         help="Dev metric to compare (wer/per: lower is better).")
@@ -300,12 +320,9 @@ def parse_args(argv: Sequence[str]):
 
 def main(argv: Sequence[str]) -> None:
     args = parse_args(argv)
-    bucket_name = args.bucket.removeprefix("gs://").strip("/")
-    if not bucket_name or "/" in bucket_name:
-        raise PublishError(f"--bucket={args.bucket!r} must be a bucket name; put folders in "
-                           "--prefix")
+    destination = open_destination(args.bucket)
     candidate = load_candidate(workdir=args.workdir, data_dir=args.data_dir)
-    outcome = publish(candidate, bucket=files.bucket(bucket_name), prefix=args.prefix,
+    outcome = publish(candidate, bucket=destination, prefix=args.prefix,
                       metric=args.metric, max_attempts=args.max_attempts)
     published = outcome.published or {"metrics": {"dev": {}}}
     print(json.dumps({"status": outcome.status, args.metric: outcome.score,
