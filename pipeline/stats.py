@@ -153,6 +153,9 @@ class OutputSettings:
     max_length_ratio: float
     sources: Mapping[str, list]
     split_fractions: Optional[Mapping[str, float]] = None
+    # What was asked for: settings, input identities and their fingerprint (preprocess.py
+    # compares it with a rerun's to tell a retry of a finished run from a different job).
+    request: Optional[Mapping] = None
 
 
 def build_metadata(*, stats: Mapping, tokenizer: dict, settings: OutputSettings,
@@ -177,7 +180,7 @@ def build_metadata(*, stats: Mapping, tokenizer: dict, settings: OutputSettings,
     splits = sorted(settings.num_shards, key=features.SPLITS.index)
     max_lengths = {key[2]: count for key, count in stats.items()
                    if key[0] == "train" and key[1] == "len_max"}
-    return {
+    metadata = {
         "format_version": 1,
         "created_at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
         "splits": {split: split_counts(
@@ -217,6 +220,9 @@ def build_metadata(*, stats: Mapping, tokenizer: dict, settings: OutputSettings,
         "dead_letter": {"path": DEAD_LETTER_FILE,
                         "count": stats.get((DEAD_LETTER, WRITTEN), 0)},
     }
+    if settings.request is not None:
+        metadata["request"] = dict(settings.request)
+    return metadata
 
 
 def metadata_json(metadata: dict) -> str:

@@ -606,3 +606,148 @@ def test_only_our_stale_temp_files_are_removed(corpus, tmp_path, tiny_model_path
                                  for path in glob.glob(os.path.join(directory, "*"))}
     assert left == set(users) | set(concurrent) | {
         "_COMPLETED", "metadata.json", "spm.model", "train-00000-of-00001.tfrecord"}
+
+
+# --------------------------------------------------------------------------------------------
+# A rerun of a completed run with the same inputs and settings (an orchestrator's retry)
+
+
+def file_states(output_dir):
+    """Every file under output_dir (staging dirs included): relative path -> (bytes, mtime)."""
+    states = {}
+    for directory, _, names in os.walk(output_dir):
+        for name in names:
+            path = os.path.join(directory, name)
+            states[os.path.relpath(path, output_dir)] = (open(path, "rb").read(),
+                                                        os.stat(path).st_mtime_ns)
+    return states
+
+
+def count_beam_runs(monkeypatch, *, forbid=False):
+    """Counts Pipeline.run calls; with forbid, a call fails the test instead."""
+    runs = []
+    real_run = beam.Pipeline.run
+
+    def run(self, *args, **kwargs):
+        runs.append(self)
+        if forbid:
+            raise AssertionError("the Beam pipeline must not run")
+        return real_run(self, *args, **kwargs)
+
+    monkeypatch.setattr(beam.Pipeline, "run", run)
+    return runs
+
+
+def test_a_retry_of_a_completed_run_succeeds_without_redoing_it(tmp_path, capsys, monkeypatch):
+    train = tmp_path / "train.tsv"
+    train.write_bytes(tsv(good_pairs()))
+    out = tmp_path / "out"
+    argv = [f"--train=tsv:{train}", f"--output_dir={out}", "--vocab_size=120",
+            "--max_length=64", "--num_shards=2"]
+    code, first_out, _ = run_cli(argv + ["--direct_num_workers=1"], capsys)
+    assert code == 0 and f"wrote {out}" in first_out
+    metadata = dataset.load_metadata(str(out))
+    request = metadata["request"]
+    assert request["inputs"] == [{"use": "train", "spec": f"tsv:{train}", "path": str(train),
+                                  "size": train.stat().st_size,
+                                  "sha256": hashlib.sha256(train.read_bytes()).hexdigest()}]
+    assert request["settings"]["vocab_size"] == 120 and "output_dir" not in request["settings"]
+    assert len(request["fingerprint"]) == 64
+    before = file_states(out)
+
+    # The retry: Beam never runs, nothing in the output dir is touched, exit code 0. Runner
+    # options (here the worker count) do not change the result, so they may differ.
+    forbidden = count_beam_runs(monkeypatch, forbid=True)
+    code, retry_out, retry_err = run_cli(argv + ["--direct_num_workers=2"], capsys)
+    assert (code, retry_err) == (0, "")
+    assert retry_out == (f"s2s-preprocess: {out} already holds a completed run of these inputs "
+                         f"and settings (created_at {metadata['created_at']}); nothing to do\n")
+    assert preprocess.preprocess(  # the library call returns the completed run's metadata
+        pipeline_options=preprocess.pipeline_options_from_argv([]), output_dir=str(out),
+        train=[f"tsv:{train}"], vocab_size=120, max_length=64, num_shards=2) == metadata
+    assert forbidden == [] and file_states(out) == before
+
+    # Another setting: refused, naming it, before anything runs.
+    code, _, err = run_cli([a.replace("--vocab_size=120", "--vocab_size=100") for a in argv],
+                           capsys)
+    assert code == 1 and err.count("\n") == 1
+    assert "completed preprocess run of other inputs or settings" in err
+    assert "the settings differ: --vocab_size 120 -> 100" in err and "inputs differ" not in err
+    assert err.rstrip().endswith("pass --overwrite to replace it")
+
+    # One changed input line: refused, naming the file and its old and new sha256.
+    old_sha256 = hashlib.sha256(train.read_bytes()).hexdigest()
+    train.write_bytes(train.read_bytes().replace(b"open the file now", b"open the files now"))
+    new_sha256 = hashlib.sha256(train.read_bytes()).hexdigest()
+    code, _, err = run_cli(argv, capsys)
+    assert code == 1 and err.count("\n") == 1
+    assert (f"the inputs differ: {train} size {request['inputs'][0]['size']} -> "
+            f"{train.stat().st_size}, "
+            f"sha256 {old_sha256[:12]} -> {new_sha256[:12]}") in err
+    assert "settings differ" not in err and "pass --overwrite" in err
+    assert forbidden == [] and file_states(out) == before
+
+    # --overwrite always recomputes: the new line is in the shards, the new sha256 recorded.
+    monkeypatch.undo()
+    runs = count_beam_runs(monkeypatch)
+    code, out_text, _ = run_cli(argv + ["--overwrite"], capsys)
+    assert code == 0 and f"wrote {out}" in out_text and len(runs) == 1
+    recomputed = dataset.load_metadata(str(out))
+    assert recomputed["request"]["inputs"][0]["sha256"] == new_sha256
+    assert recomputed["request"]["fingerprint"] != request["fingerprint"]
+    texts = {example["inputs_text"].decode() for example in read_split(str(out), "train")}
+    assert "open the files now" in texts and "open the file now" not in texts
+    # ... and with identical inputs and settings it recomputes too.
+    code, out_text, _ = run_cli(argv + ["--overwrite"], capsys)
+    assert code == 0 and f"wrote {out}" in out_text and len(runs) == 2
+    assert dataset.load_metadata(str(out))["request"] == recomputed["request"]
+
+
+def test_a_completed_run_without_a_fingerprint_or_a_file_is_not_reused(
+        corpus, tmp_path, tiny_model_path, monkeypatch):
+    out = tmp_path / "out"
+    job = dict(train=[f"tsv:{corpus}/test.tsv"], dev=[f"gettext:{corpus}/app.mo"],
+               tokenizer_model=tiny_model_path, num_shards=1)
+    metadata = run_job(out, **job)
+    assert [(entry["use"], entry["spec"]) for entry in metadata["request"]["inputs"]] == [
+        ("train", f"tsv:{corpus}/test.tsv"), ("dev", f"gettext:{corpus}/app.mo"),
+        ("tokenizer_model", tiny_model_path)]
+    assert metadata["request"]["inputs"][2]["sha256"] == tokenizer_lib.sha256_of_file(
+        tiny_model_path)
+    forbidden = count_beam_runs(monkeypatch, forbid=True)
+    assert run_job(out, **job) == metadata
+    # A shard gone: the run is not reused as it is.
+    shard = out / "dev-00000-of-00001.tfrecord"
+    shard.rename(tmp_path / "kept.tfrecord")
+    with pytest.raises(preprocess.PreprocessError, match=(
+            "holds a completed run of these inputs and settings, but "
+            "dev-00000-of-00001.tfrecord is missing; pass --overwrite")):
+        run_job(out, **job)
+    (tmp_path / "kept.tfrecord").rename(shard)
+    # A run written before fingerprints were recorded: refused as before.
+    legacy = {key: value for key, value in metadata.items() if key != "request"}
+    (out / "metadata.json").write_text(json.dumps(legacy))
+    with pytest.raises(preprocess.PreprocessError, match=(
+            "already holds a completed preprocess run that recorded no fingerprint of its "
+            "inputs and settings; pass --overwrite to replace it")):
+        run_job(out, **job)
+    # The tokenizer model file replaced by another one: the inputs differ.
+    (out / "metadata.json").write_text(json.dumps(metadata))
+    model = tmp_path / "model_copy.model"
+    model.write_bytes(open(tiny_model_path, "rb").read())
+    job["tokenizer_model"] = str(model)
+    with pytest.raises(preprocess.PreprocessError, match=(
+            f"the inputs differ: --tokenizer_model {model} is new, --tokenizer_model "
+            f"{tiny_model_path} is no longer read; the settings differ: --tokenizer_model ")):
+        run_job(out, **job)
+    assert forbidden == []
+    monkeypatch.undo()
+    run_job(out, overwrite=True, **job)
+    forbidden = count_beam_runs(monkeypatch, forbid=True)
+    model.write_bytes(tokenizer_lib.train_sentencepiece(
+        [text for pair in good_pairs() for text in pair], vocab_size=50))
+    with pytest.raises(preprocess.PreprocessError, match=(
+            f"the inputs differ: --tokenizer_model {model} (size [0-9]+ -> [0-9]+, )?"
+            "sha256 [0-9a-f]{12} -> [0-9a-f]{12}\\); pass --overwrite")):
+        run_job(out, **job)
+    assert forbidden == []
