@@ -401,3 +401,14 @@ def test_the_model_card_names_each_side_of_separate_vocabularies():
     shared = model_card.data_section(data_dir="gs://b/data", metadata={
         "vocab_size": 122, "tokenizer": {"shared": True, "sha256": "ef" * 32}})
     assert "122 SentencePiece pieces, shared" in shared
+
+
+def test_a_model_scored_on_another_dev_set_is_not_compared(tmp_path, bucket):
+    run_publish(tmp_path, bucket, bleu=30.0, tag="pinned", dev_sha256="a" * 64)
+    assert pointer(bucket)["dev_sha256"] == "a" * 64
+    before = pointer(bucket)
+    with pytest.raises(publish.PublishError,
+                       match="was scored on the dev set with sha256 aaaaaaaaaaaa..., this run "
+                             "on bbbbbbbbbbbb...: the scores cannot be compared"):
+        run_publish(tmp_path, bucket, bleu=40.0, tag="other", dev_sha256="b" * 64)
+    assert pointer(bucket) == before

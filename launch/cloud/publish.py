@@ -228,8 +228,12 @@ def move_pointer(bucket, name: str, *, record: dict, generation: int) -> bool:
 
 
 def publish(candidate: Candidate, *, bucket, prefix: str, metric: str = "bleu",
-            max_attempts: int = 5, now: datetime.datetime | None = None) -> Outcome:
-    """Compare, upload, move the pointer; on a lost race re-read and compare again."""
+            max_attempts: int = 5, now: datetime.datetime | None = None,
+            dev_sha256: str = "") -> Outcome:
+    """Compare, upload, move the pointer; on a lost race re-read and compare again.
+
+    `dev_sha256` pins the dev set the score was measured on: it is recorded with the
+    model, and a published model scored on another dev set is not compared against."""
     new = score(candidate.metrics["dev"], metric)
     now = now or datetime.datetime.now(datetime.timezone.utc)
     pointer_name = f"{prefix.strip('/')}/{POINTER}" if prefix.strip("/") else POINTER
@@ -239,6 +243,7 @@ def publish(candidate: Candidate, *, bucket, prefix: str, metric: str = "bleu",
         pointer = read_pointer(bucket, pointer_name)
         if pointer.record and pointer.record.get("version") == version:
             return Outcome("published", new, pointer.record)  # an earlier write did land
+        check_same_dev_set(pointer.record, dev_sha256=dev_sha256)
         old = score(pointer.record["metrics"]["dev"], metric) if pointer.record else None
         if not is_better(new, old, metric=metric):
             # Keep our upload if a write of ours landed unseen and is now the previous model.
@@ -252,6 +257,8 @@ def publish(candidate: Candidate, *, bucket, prefix: str, metric: str = "bleu",
             uploaded = True
         record = pointer_record(candidate, bucket=bucket, base=base, version=version,
                                 metric=metric, now=now, previous=pointer.record)
+        if dev_sha256:
+            record["dev_sha256"] = dev_sha256
         bucket.blob(f"{base}/MODEL_CARD.md").upload_from_string(
             card(candidate, record=record, previous=pointer.record),
             content_type="text/markdown")
@@ -262,6 +269,16 @@ def publish(candidate: Candidate, *, bucket, prefix: str, metric: str = "bleu",
         delete_version(bucket, base=base)
     raise PublishError(f"gave up after {max_attempts} attempts: {object_url(bucket, '')}"
                        f"{pointer_name} kept changing")
+
+
+def check_same_dev_set(record: dict | None, *, dev_sha256: str) -> None:
+    """Scores on different dev sets say nothing about which model is better."""
+    pinned = (record or {}).get("dev_sha256")
+    if pinned and dev_sha256 and pinned != dev_sha256:
+        raise PublishError(f"the published model {record['version']} was scored on the dev "
+                           f"set with sha256 {pinned[:12]}..., this run on {dev_sha256[:12]}"
+                           "...: the scores cannot be compared; use the pinned dev set, or "
+                           "publish to a new prefix")
 
 
 def object_url(bucket, name: str) -> str:
@@ -315,6 +332,8 @@ def parse_args(argv: Sequence[str]):
     parser.add_argument("--metric", choices=METRICS, default="bleu",
                         help="Dev metric to compare (wer/per: lower is better).")
     parser.add_argument("--max_attempts", type=int, default=5)
+    parser.add_argument("--dev_sha256", default="", help="sha256 of the dev set the run was "
+                        "scored on: recorded with the model, and compared before the scores.")
     return parser.parse_args(argv)
 
 
@@ -323,7 +342,8 @@ def main(argv: Sequence[str]) -> None:
     destination = open_destination(args.bucket)
     candidate = load_candidate(workdir=args.workdir, data_dir=args.data_dir)
     outcome = publish(candidate, bucket=destination, prefix=args.prefix,
-                      metric=args.metric, max_attempts=args.max_attempts)
+                      metric=args.metric, max_attempts=args.max_attempts,
+                      dev_sha256=args.dev_sha256)
     published = outcome.published or {"metrics": {"dev": {}}}
     print(json.dumps({"status": outcome.status, args.metric: outcome.score,
                       "published_version": published.get("version"),
