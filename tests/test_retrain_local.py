@@ -175,3 +175,26 @@ def _plain(text: str) -> str:
     """Without the ANSI colours kfp.local puts around names."""
     import re
     return re.sub(r"\x1b\[[0-9;]*m", "", text)
+
+
+def test_the_demo_holds_back_a_fifth_of_the_training_words_and_pins_dev(tmp_path):
+    from launch.cloud import retrain_demo
+    from pipeline import cleaning
+    counts = retrain_demo.write_corpora(str(tmp_path))
+    words = {}
+    for name in ("dev", "first", "held_back"):
+        lines = (tmp_path / f"cmudict_{name}.tsv").read_text().splitlines()
+        assert len(lines) == counts[name]
+        words[name] = {line.split("\t")[0] for line in lines}
+    assert not words["first"] & words["held_back"] and not words["dev"] & words["first"]
+    share = len(words["held_back"]) / (len(words["first"]) + len(words["held_back"]))
+    assert 0.18 < share < 0.22
+    fractions = cleaning.SplitFractions(dev=0.05, test=0.05)
+    assert all(cleaning.split_of(word, fractions) == "dev" for word in words["dev"])
+    assert counts["dev"] > len(words["dev"])  # every pronunciation of a dev word is kept
+    first, second = (retrain_local.load_settings(path)
+                     for path in retrain_demo.write_settings(str(tmp_path)))
+    assert first.dev == second.dev and first.dev_sha256 == second.dev_sha256
+    assert retrain_local.check_dev(second) == second.dev_sha256
+    assert len(second.train) == 2 and second.train[0] == first.train[0]
+    assert first.metric == "wer" and first.warm_start and second.warm_start
