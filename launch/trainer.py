@@ -449,9 +449,13 @@ def train(config, *, workdir: str, data_dir: str,
     saved = read_saved_config(workdir)
     check_resume_compatible(saved, config)
     is_chief = strategy_lib.worker_info(strategy)[2]
-    with _writer_lease(workdir, ttl=config.train.lease_seconds, enabled=is_chief) as lease:
+    with contextlib.ExitStack() as held:
+        # Taken after the start checks, which must refuse without creating the workdir.
+        def take_lease():
+            return held.enter_context(_writer_lease(
+                workdir, ttl=config.train.lease_seconds, enabled=is_chief))
         return _train(config, workdir=workdir, data_dir=data_dir, strategy=strategy,
-                      started=started, lease=lease)
+                      started=started, take_lease=take_lease)
 
 
 @contextlib.contextmanager
@@ -471,8 +475,9 @@ def _writer_lease(workdir: str, *, ttl: float, enabled: bool):
 
 
 def _train(config, *, workdir: str, data_dir: str, strategy: tf.distribute.Strategy,
-           started: float, lease) -> list[StepStats]:
-    """train() once this process may write the workdir (`lease`: the chief's, else None)."""
+           started: float, take_lease) -> list[StepStats]:
+    """train() after its config checks; `take_lease()` before the first write returns the
+    chief's workdir lease (None on other workers)."""
     worker_index, num_workers, is_chief = strategy_lib.worker_info(strategy)
     _configure_runtime(config)
 
@@ -493,6 +498,7 @@ def _train(config, *, workdir: str, data_dir: str, strategy: tf.distribute.Strat
         except warm_start.WarmStartError as error:
             raise TrainingError(str(error)) from None
     _unscale_old_checkpoint(trainer.optimizer)
+    lease = take_lease()
     checkpoints.remove_stale_temps(workdir, started=started, worker_index=worker_index,
                                    is_chief=is_chief)
     if is_chief:
