@@ -125,35 +125,106 @@ class FakeSession:
 
     def post(self, url, json):
         self.requests.append(("POST", url, json))
-        return self.responses.pop(0)
+        return self._answer()
 
     def get(self, url):
         self.requests.append(("GET", url, None))
-        return self.responses.pop(0)
+        return self._answer()
+
+    def _answer(self):
+        answer = self.responses.pop(0)
+        if isinstance(answer, Exception):
+            raise answer
+        return answer
 
 
-def test_submit_posts_the_body_and_wait_polls_until_the_end():
-    body = vertex.training_job(display_name="d", image="i", config="c", data_dir="gs://b/d",
+def job_body(name="d"):
+    return vertex.training_job(display_name=name, image="i", config="c", data_dir="gs://b/d",
                                workdir="gs://b/w", workers=1,
                                machine=vertex.machine_spec(machine_type="m", accelerator_type="",
                                                            accelerator_count=0))
-    name = "projects/1/locations/r/customJobs/42"
-    session = FakeSession(FakeResponse(200, {"name": name}),
+
+
+JOBS = "https://r-aiplatform.googleapis.com/v1/projects/proj/locations/r/customJobs"
+LIST = JOBS + "?filter=display_name%3D%22d%22"
+NAME = "projects/1/locations/r/customJobs/42"
+NO_JOBS = FakeResponse(200, {})
+
+
+def test_submit_posts_the_body_and_wait_polls_until_the_end():
+    body = job_body()
+    session = FakeSession(NO_JOBS, FakeResponse(200, {"name": NAME}),
                           FakeResponse(200, {"state": "JOB_STATE_RUNNING"}),
                           FakeResponse(200, {"state": "JOB_STATE_SUCCEEDED"}))
-    job = vertex.submit(body, project="proj", region="r", session=session)
+    job, existed = vertex.submit(body, project="proj", region="r", session=session)
+    assert not existed
     assert vertex.wait(job["name"], region="r", session=session,
                        poll_seconds=0) == "JOB_STATE_SUCCEEDED"
-    assert session.requests[0] == (
-        "POST", "https://r-aiplatform.googleapis.com/v1/projects/proj/locations/r/customJobs", body)
-    assert [r[1] for r in session.requests[1:]] == [
-        f"https://r-aiplatform.googleapis.com/v1/{name}"] * 2
+    assert session.requests[:2] == [("GET", LIST, None), ("POST", JOBS, body)]
+    assert [r[1] for r in session.requests[2:]] == [
+        f"https://r-aiplatform.googleapis.com/v1/{NAME}"] * 2
+
+
+def test_polling_retries_transient_errors_with_growing_waits_and_never_resubmits():
+    slept = []
+    session = FakeSession(FakeResponse(503, {}), FakeResponse(502, {}),
+                          ConnectionError("connection reset"), FakeResponse(429, {}),
+                          FakeResponse(200, {"state": "JOB_STATE_RUNNING"}),
+                          FakeResponse(200, {"state": "JOB_STATE_SUCCEEDED"}))
+    assert vertex.wait(NAME, region="r", session=session, poll_seconds=7,
+                       sleep=slept.append) == "JOB_STATE_SUCCEEDED"
+    backoff = [delay for delay in slept if delay != 7]
+    assert len(backoff) == 4 and backoff == sorted(backoff) and backoff[-1] > 2 * backoff[0]
+    assert not [r for r in session.requests if r[0] == "POST"]
+
+
+def test_polling_gives_up_after_its_budget_naming_the_job_and_a_4xx_fails_at_once():
+    session = FakeSession(*[FakeResponse(500, {})] * 8)
+    with pytest.raises(cli.LaunchError, match=f"polling {NAME}: 8 attempts failed, the last "
+                       r"with HTTP 500; the job may still be running \(not resubmitted\)"):
+        vertex.wait(NAME, region="r", session=session, sleep=lambda s: None)
+    assert len(session.requests) == 8 and all(r[0] == "GET" for r in session.requests)
+    with pytest.raises(cli.LaunchError, match=r"cannot read .*42 \(403\)"):
+        vertex.wait(NAME, region="r", sleep=lambda s: None,
+                    session=FakeSession(FakeResponse(403, {"error": "denied"})))
+
+
+def test_a_retried_step_attaches_to_its_running_job_and_a_failed_one_is_resubmitted():
+    running = {"name": NAME, "displayName": "d", "state": "JOB_STATE_RUNNING",
+               "createTime": "2026-12-05T10:00:00Z"}
+    failed = {"name": "projects/1/locations/r/customJobs/41", "displayName": "d",
+              "state": "JOB_STATE_FAILED", "createTime": "2026-12-05T09:00:00Z"}
+    session = FakeSession(FakeResponse(200, {"customJobs": [failed, running]}))
+    job, existed = vertex.submit(job_body(), project="proj", region="r", session=session)
+    assert existed and job["name"] == NAME
+    assert [r[0] for r in session.requests] == ["GET"]  # nothing submitted
+    session = FakeSession(FakeResponse(200, {"customJobs": [failed]}),
+                          FakeResponse(200, {"name": "projects/1/locations/r/customJobs/43"}))
+    job, existed = vertex.submit(job_body(), project="proj", region="r", session=session)
+    assert not existed and job["name"].endswith("/43")
+    assert [r[0] for r in session.requests] == ["GET", "POST"]
+
+
+def test_a_create_that_failed_in_transit_but_created_the_job_is_not_sent_again():
+    created = {"name": NAME, "displayName": "d", "state": "JOB_STATE_PENDING"}
+    session = FakeSession(NO_JOBS, FakeResponse(503, {}),
+                          FakeResponse(200, {"customJobs": [created]}))
+    job, existed = vertex.submit(job_body(), project="proj", region="r", session=session,
+                                 sleep=lambda s: None)
+    assert existed and job["name"] == NAME
+    assert [r[0] for r in session.requests] == ["GET", "POST", "GET"]
+    # Not created: sent again, once.
+    session = FakeSession(NO_JOBS, FakeResponse(503, {}), NO_JOBS,
+                          FakeResponse(200, {"name": NAME}))
+    job, existed = vertex.submit(job_body(), project="proj", region="r", session=session,
+                                 sleep=lambda s: None)
+    assert not existed and [r[0] for r in session.requests] == ["GET", "POST", "GET", "POST"]
 
 
 def test_a_refused_or_failed_job_is_an_error():
     with pytest.raises(cli.LaunchError, match="refused the job \\(400\\)"):
-        vertex.submit({}, project="p", region="r",
-                      session=FakeSession(FakeResponse(400, {"error": "bad"})))
+        vertex.submit({"displayName": "d"}, project="p", region="r",
+                      session=FakeSession(NO_JOBS, FakeResponse(400, {"error": "bad"})))
     with pytest.raises(cli.LaunchError, match="ended in JOB_STATE_FAILED"):
         vertex.wait("n", region="r", poll_seconds=0,
                     session=FakeSession(FakeResponse(200, {"state": "JOB_STATE_FAILED"})))

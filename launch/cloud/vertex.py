@@ -13,10 +13,19 @@ whole job, which resumes from its last checkpoint. So an interrupted run (exit 1
 preempted worker, or a lost peer) restarts as a group, and only a finished run exits 0,
 so the job cannot be marked succeeded halfway. Vertex does not tell the codes apart: an
 error exit (2) is retried too, a few times, before the job fails.
+
+Submitting is idempotent per display name: a job of that name that has not failed, been
+cancelled or expired is attached to instead of created again (the retraining steps name
+their jobs by run id, so an orchestrator's retry never starts a second training job), and
+a create whose answer was lost is looked up before it is sent again. Polling retries 5xx,
+429 and lost connections with exponential backoff.
 """
 
 import json
+import random
+import sys
 import time
+import urllib.parse
 from typing import Sequence
 
 import yaml
@@ -114,29 +123,110 @@ def authorized_session():
     return AuthorizedSession(credentials)
 
 
-def submit(body: dict, *, project: str, region: str, session) -> dict:
-    """customJobs.create; returns the created job (its "name" identifies it)."""
-    url = f"{API.format(region=region)}/projects/{project}/locations/{region}/customJobs"
-    response = session.post(url, json=body)
+TRANSIENT = (429, 500, 502, 503, 504)  # answers worth retrying: the API, not the request
+RESTARTABLE = ("JOB_STATE_FAILED", "JOB_STATE_CANCELLED", "JOB_STATE_EXPIRED")
+
+
+def jobs_url(*, project: str, region: str) -> str:
+    return f"{API.format(region=region)}/projects/{project}/locations/{region}/customJobs"
+
+
+def request_with_retries(send, *, what: str, attempts: int = 8, first_delay: float = 2.0,
+                         max_delay: float = 60.0, sleep=time.sleep):
+    """send() until it answers something other than a transient error (5xx, 429, a lost
+    connection), waiting 2, 4, 8 ... s (at most max_delay) in between."""
+    delay = first_delay
+    for attempt in range(1, attempts + 1):
+        try:
+            response, reason = send(), ""
+        except OSError as error:  # requests' ConnectionError and Timeout are OSErrors
+            response, reason = None, f"{type(error).__name__}: {error}"
+        if response is not None and response.status_code not in TRANSIENT:
+            return response
+        reason = reason or f"HTTP {response.status_code}"
+        if attempt == attempts:
+            raise cli.LaunchError(f"{what}: {attempts} attempts failed, the last with "
+                                  f"{reason[:300]}")
+        print(f"vertex: {what}: {reason[:300]}; retrying in {delay:.0f} s", file=sys.stderr,
+              flush=True)
+        sleep(delay * random.uniform(0.9, 1.1))
+        delay = min(delay * 2, max_delay)
+    raise AssertionError("unreachable")
+
+
+def find_job(display_name: str, *, project: str, region: str, session,
+             sleep=time.sleep) -> dict | None:
+    """The newest job of that display name that has not failed, been cancelled or expired:
+    the one a retried step must attach to instead of submitting another."""
+    query = urllib.parse.quote(f'display_name="{display_name}"')
+    url = f"{jobs_url(project=project, region=region)}?filter={query}"
+    response = request_with_retries(lambda: session.get(url), sleep=sleep,
+                                    what=f"listing jobs named {display_name}")
     if response.status_code >= 400:
-        raise cli.LaunchError(f"Vertex AI refused the job ({response.status_code}): "
+        raise cli.LaunchError(f"cannot list Vertex AI jobs ({response.status_code}): "
                               f"{response.text.strip()[:500]}")
-    return response.json()
+    jobs = [job for job in response.json().get("customJobs", [])
+            if job.get("displayName") == display_name and job.get("state") not in RESTARTABLE]
+    return max(jobs, key=lambda job: job.get("createTime", ""), default=None)
 
 
-def wait(name: str, *, region: str, session, poll_seconds: float = 60.0) -> str:
-    """Polls the job until it ends; its final state, or a LaunchError unless it succeeded."""
+def submit(body: dict, *, project: str, region: str, session, attempts: int = 5,
+           sleep=time.sleep) -> tuple[dict, bool]:
+    """customJobs.create, at most once per display name: (the job, True when it already
+    existed). A retried step attaches to its job; a create that failed in transit is
+    looked up before it is sent again, since it may have created the job."""
+    name = body["displayName"]
+    existing = find_job(name, project=project, region=region, session=session, sleep=sleep)
+    if existing:
+        return existing, True
+    url = jobs_url(project=project, region=region)
+    delay = 2.0
+    for attempt in range(1, attempts + 1):
+        try:
+            response, reason = session.post(url, json=body), ""
+        except OSError as error:
+            response, reason = None, f"{type(error).__name__}: {error}"
+        if response is not None and response.status_code not in TRANSIENT:
+            if response.status_code >= 400:
+                raise cli.LaunchError(f"Vertex AI refused the job ({response.status_code}): "
+                                      f"{response.text.strip()[:500]}")
+            return response.json(), False
+        reason = reason or f"HTTP {response.status_code}"
+        sleep(delay)
+        existing = find_job(name, project=project, region=region, session=session,
+                            sleep=sleep)
+        if existing:  # the create went through although its answer did not
+            return existing, True
+        if attempt == attempts:
+            raise cli.LaunchError(f"creating {name}: {attempts} attempts failed, the last "
+                                  f"with {reason[:300]}; no job of that name exists")
+        print(f"vertex: creating {name}: {reason[:300]}; no such job yet, creating it again",
+              file=sys.stderr, flush=True)
+        delay = min(delay * 2, 60.0)
+    raise AssertionError("unreachable")
+
+
+def wait(name: str, *, region: str, session, poll_seconds: float = 60.0,
+         sleep=time.sleep) -> str:
+    """Polls the job until it ends; its final state, or a LaunchError unless it succeeded.
+    Transient API errors are retried with backoff; the job is never submitted again."""
     url = f"{API.format(region=region)}/{name}"
     while True:
-        response = session.get(url)
+        try:
+            response = request_with_retries(lambda: session.get(url), sleep=sleep,
+                                            what=f"polling {name}")
+        except cli.LaunchError as error:
+            raise cli.LaunchError(f"{error}; the job may still be running (not resubmitted):"
+                                  f" check {name}") from None
         if response.status_code >= 400:
-            raise cli.LaunchError(f"cannot read {name} ({response.status_code})")
+            raise cli.LaunchError(f"cannot read {name} ({response.status_code}): "
+                                  f"{response.text.strip()[:300]}")
         state = response.json().get("state", "")
         if state in FINAL_STATES:
             if state != "JOB_STATE_SUCCEEDED":
                 raise cli.LaunchError(f"{name} ended in {state}")
             return state
-        time.sleep(poll_seconds)
+        sleep(poll_seconds)
 
 
 def parse_args(argv: Sequence[str]):
@@ -210,8 +300,12 @@ def main(argv: Sequence[str]) -> None:
             print(json.dumps(body, indent=2))
         return
     session = authorized_session()
-    job = submit(body, project=args.project, region=args.region, session=session)
-    print(f"submitted {job['name']}", flush=True)
+    job, existed = submit(body, project=args.project, region=args.region, session=session)
+    if existed:
+        print(f"{job['name']} ({body['displayName']}) exists already "
+              f"({job.get('state', '?')}): attached to it, nothing submitted", flush=True)
+    else:
+        print(f"submitted {job['name']}", flush=True)
     if args.wait:
         print(wait(job["name"], region=args.region, session=session))
 
