@@ -12,11 +12,6 @@ import toy_data
 from pipeline import dataset, features
 
 
-@pytest.fixture(scope="module")
-def data_dir(tmp_path_factory):
-    return toy_data.make_toy_data_dir(str(tmp_path_factory.mktemp("toy")))
-
-
 def test_load_metadata_refuses_incomplete_dir(tmp_path):
     toy_data.make_toy_data_dir(str(tmp_path), num_train=8, num_dev=2, num_test=2)
     assert dataset.load_metadata(str(tmp_path))["vocab_size"] == 21

@@ -7,16 +7,9 @@ import subprocess
 import sys
 
 import numpy as np
-import pytest
 
-import toy_data
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-
-
-@pytest.fixture(scope="module")
-def data_dir(tmp_path_factory):
-    return toy_data.make_toy_data_dir(str(tmp_path_factory.mktemp("toy")))
 
 
 def env_with_repo():

@@ -6,7 +6,6 @@ import subprocess
 import sys
 import types
 
-import keras
 import ml_collections
 import pytest
 import tensorflow as tf
@@ -16,17 +15,6 @@ from configs import tiny
 from launch import early_stopping, evaluator, teacher_forcing, trainer
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-
-
-@pytest.fixture(scope="module")
-def data_dir(tmp_path_factory):
-    return toy_data.make_toy_data_dir(str(tmp_path_factory.mktemp("toy")))
-
-
-@pytest.fixture(autouse=True)
-def _float32_policy():
-    yield
-    keras.mixed_precision.set_global_policy("float32")
 
 
 def policy(metric="bleu", *, patience=2, min_delta=0.0):

@@ -18,16 +18,10 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
-import toy_data
 from launch import exit_codes
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 PEER_TIMEOUT = 5  # s2s-train --peer_timeout in these tests
-
-
-@pytest.fixture(scope="module")
-def data_dir(tmp_path_factory):
-    return toy_data.make_toy_data_dir(str(tmp_path_factory.mktemp("toy")))
 
 
 def env():

@@ -18,11 +18,6 @@ REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 STEP_LOSS = re.compile(r"step (\d+) loss ([0-9.]+)")
 
 
-@pytest.fixture(scope="module")
-def data_dir(tmp_path_factory):
-    return toy_data.make_toy_data_dir(str(tmp_path_factory.mktemp("toy")))
-
-
 def train_command(data_dir, workdir, *extra):
     return [sys.executable, "-m", "launch.train", f"--config={REPO}/configs/tiny.py",
             f"--data_dir={data_dir}", f"--workdir={workdir}",

@@ -17,17 +17,6 @@ from launch import checkpoints, precision, shared_files, trainer, vocabulary
 from pipeline import dataset
 
 
-@pytest.fixture(scope="module")
-def data_dir(tmp_path_factory):
-    return toy_data.make_toy_data_dir(str(tmp_path_factory.mktemp("toy")))
-
-
-@pytest.fixture(autouse=True)
-def _float32_policy():
-    yield
-    keras.mixed_precision.set_global_policy("float32")
-
-
 def tiny_config(**train_overrides):
     config = tiny.get_config()
     for key, value in train_overrides.items():

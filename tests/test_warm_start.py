@@ -3,7 +3,6 @@
 import json
 import os
 
-import keras
 import numpy as np
 import pytest
 import sentencepiece as spm
@@ -14,17 +13,6 @@ from configs import lstm_attention, tiny
 from launch import (evaluator, export_lib, teacher_forcing, trainer, vocab_map, vocabulary,
                     warm_start)
 from pipeline import dataset, tokenizer
-
-
-@pytest.fixture(scope="module")
-def data_dir(tmp_path_factory):
-    return toy_data.make_toy_data_dir(str(tmp_path_factory.mktemp("toy")))
-
-
-@pytest.fixture(autouse=True)
-def _float32_policy():
-    yield
-    keras.mixed_precision.set_global_policy("float32")
 
 
 def family_config(family: str, *, num_steps: int):

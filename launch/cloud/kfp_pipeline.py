@@ -54,7 +54,7 @@ def build_pipeline(settings: retrain.RetrainSettings):
     return s2s_retrain
 
 
-@dsl.component
+@dsl.component(base_image="python:3.11")  # kfp.local runs it in this interpreter
 def local_step(name: str, settings: str, run_id: str, after: str) -> str:
     """One retraining step as a local process; `after` orders the steps."""
     import subprocess
