@@ -7,7 +7,7 @@ DEMO_DIR ?= demo_run
 DEMO_EXPORT = $(DEMO_DIR)/work/export/final
 BIN := $(VENV)/bin
 
-.PHONY: setup demo retrain-demo test image clean
+.PHONY: setup demo retrain-demo retrain-airflow test image clean
 
 setup: $(STAMP)
 
@@ -48,6 +48,19 @@ demo: $(STAMP)
 RETRAIN_DIR ?= retrain_demo
 retrain-demo: $(STAMP)
 	$(PY) -m launch.cloud.retrain_demo --dir=$(RETRAIN_DIR)
+
+# The same loop under a real Airflow, locally: an SQLite metadata DB in
+# $(RETRAIN_DIR)/airflow, then `airflow dags test` of the DAG with a local-backend settings
+# file (default: the demo's second iteration; run retrain-demo first, or pass your own).
+RETRAIN_SETTINGS ?= $(RETRAIN_DIR)/it2.json
+AIRFLOW_ENV = AIRFLOW_HOME=$(abspath $(RETRAIN_DIR))/airflow \
+	AIRFLOW__CORE__DAGS_FOLDER=$(abspath launch/cloud) AIRFLOW__CORE__LOAD_EXAMPLES=False \
+	AIRFLOW__DATABASE__SQL_ALCHEMY_CONN=sqlite:///$(abspath $(RETRAIN_DIR))/airflow/airflow.db \
+	S2S_RETRAIN_SETTINGS=$(abspath $(RETRAIN_SETTINGS))
+retrain-airflow: $(STAMP)
+	mkdir -p $(RETRAIN_DIR)/airflow
+	$(AIRFLOW_ENV) $(BIN)/airflow db migrate
+	$(AIRFLOW_ENV) $(BIN)/airflow dags test s2s_retrain $$(date -u +%Y-%m-%dT%H:%M:%S)
 
 # The one image every cloud launcher runs (README: Launching on Google Cloud).
 IMAGE ?= s2s-pipeline:dev
