@@ -8,6 +8,8 @@ import sys
 
 from absl import app, flags
 
+from launch import absl_cli
+
 flags.DEFINE_string("workdir", None, "s2s-train workdir (reads checkpoints and config.json).")
 flags.DEFINE_string("data_dir", None, "s2s-preprocess output with the split to score.")
 flags.DEFINE_string("split", "dev", "Split to decode and score: dev | test.")
@@ -38,8 +40,7 @@ UNFINISHED = 3  # exit status: --watch timed out before the final training step 
 
 
 def main(argv):
-    if len(argv) > 1:
-        raise app.UsageError(f"unexpected arguments: {' '.join(argv[1:])}")
+    del argv  # absl_cli refuses stray arguments
     from launch import evaluator
     from launch import strategy as strategy_lib
     try:
@@ -96,7 +97,7 @@ def print_row(row: dict) -> None:
 
 
 def run():
-    app.run(main)
+    app.run(main, flags_parser=absl_cli.flags_parser("s2s-evaluate"))
 
 
 if __name__ == "__main__":

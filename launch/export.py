@@ -11,6 +11,8 @@ import sys
 
 from absl import app, flags, logging
 
+from launch import absl_cli
+
 REQUIRED = ("workdir", "data_dir", "export_dir")
 
 FLAGS = flags.FLAGS
@@ -22,8 +24,7 @@ def fail(message: str) -> None:
 
 
 def main(argv):
-    if len(argv) > 1:
-        raise app.UsageError(f"unexpected arguments: {' '.join(argv[1:])}")
+    del argv  # absl_cli refuses stray arguments
     from launch import evaluator, export_lib
     if FLAGS.resolve:
         try:
@@ -68,7 +69,7 @@ def define_flags():
 
 def run():
     define_flags()
-    app.run(main)
+    app.run(main, flags_parser=absl_cli.flags_parser("s2s-export"))
 
 
 if __name__ == "__main__":

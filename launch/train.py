@@ -13,6 +13,8 @@ import sys
 from absl import app, flags
 from ml_collections import config_flags
 
+from launch import absl_cli
+
 config_flags.DEFINE_config_file("config", None, "ml_collections config file, e.g. "
                                 "configs/transformer.py; override fields with --config.a.b=v")
 flags.DEFINE_string("workdir", None, "Checkpoints, summaries and config.json go here.")
@@ -30,8 +32,7 @@ flags.mark_flags_as_required(["config", "workdir", "data_dir"])
 
 
 def main(argv):
-    if len(argv) > 1:
-        raise app.UsageError(f"unexpected arguments: {' '.join(argv[1:])}")
+    del argv  # absl_cli refuses stray arguments
     from launch import exit_codes
     from launch import strategy as strategy_lib  # imports TensorFlow: after flag parsing
     from launch import trainer
@@ -95,22 +96,8 @@ def _deadline(seconds: float, *, message: str, enabled: bool):
         watchdog.wait()
 
 
-def parse_flags(argv):
-    """absl's parser, but a bad flag or config key is one clear line, not a traceback."""
-    try:
-        return flags.FLAGS(argv)
-    except flags.Error as error:
-        message = str(error)
-    except (AttributeError, KeyError) as error:  # ml_collections: no such config field
-        overrides = " ".join(a for a in argv[1:] if a.startswith("--config."))
-        key = str(error).strip("\"'")
-        message = f"unknown config key '{key}' in: {overrides}"
-    print(f"s2s-train: error: {message}", file=sys.stderr)
-    sys.exit(2)
-
-
 def run():
-    app.run(main, flags_parser=parse_flags)
+    app.run(main, flags_parser=absl_cli.flags_parser("s2s-train"))
 
 
 if __name__ == "__main__":

@@ -9,6 +9,8 @@ import sys
 
 from absl import app, flags
 
+from launch import absl_cli
+
 flags.DEFINE_string("model", None, "An export root (s2s-evaluate's WORKDIR/export/best or "
                     "s2s-export's --export_dir: follows its current.json) or a SavedModel "
                     "directory written by either.")
@@ -72,7 +74,7 @@ def main(argv):
 
 
 def run():
-    app.run(main)
+    app.run(main, flags_parser=absl_cli.flags_parser("s2s-translate"))
 
 
 if __name__ == "__main__":

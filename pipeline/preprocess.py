@@ -859,7 +859,7 @@ def define_flags(flag_values: flags.FlagValues = flags.FLAGS) -> None:
 
 def _fail(message: str) -> None:
     sys.stderr.write(f"s2s-preprocess: error: {message}\n")
-    sys.exit(1)
+    sys.exit(2)
 
 
 def parse_flags(argv: Sequence[str], flag_values: flags.FlagValues = flags.FLAGS) -> list:
@@ -871,8 +871,11 @@ def parse_flags(argv: Sequence[str], flag_values: flags.FlagValues = flags.FLAGS
 
 
 def main(argv: Sequence[str], flag_values: flags.FlagValues = flags.FLAGS) -> None:
-    """Runs the job from parsed flags; bad input ends in one error line and exit code 1."""
+    """Runs the job from parsed flags; bad input ends in one error line and exit code 2."""
     values = flag_values
+    stray = [arg for arg in argv[1:] if not arg.startswith("-")]
+    if stray:  # Beam would discard them with a warning
+        _fail(f"unexpected argument(s): {' '.join(stray)}")
     try:
         options = pipeline_options_from_argv(argv[1:])
         if not values.output_dir:

@@ -352,7 +352,7 @@ def test_cli_bad_input_is_one_error_line(argv, message, tmp_path, capsys, monkey
     (tmp_path / "tmp").mkdir()
     monkeypatch.setattr(tempfile, "tempdir", str(tmp_path / "tmp"))
     code, _, err = run_cli(argv, capsys)
-    assert code == 1
+    assert code == 2
     assert err.count("\n") == 1 and err.startswith("s2s-preprocess: error: ")
     assert message in err
     assert not (tmp_path / "out").exists()
@@ -362,7 +362,7 @@ def test_cli_bad_input_is_one_error_line(argv, message, tmp_path, capsys, monkey
 def test_a_bad_input_found_inside_the_job_is_one_line_too(corpus, tmp_path, capsys):
     code, _, err = run_cli([f"--train=tsv:{corpus}/test.tsv", f"--output_dir={tmp_path}",
                             "--vocab_size=10"], capsys)
-    assert code == 1
+    assert code == 2
     assert err.count("\n") == 1 and "vocab_size 10 is too small" in err
     assert "Traceback" not in err
     assert not (tmp_path / features.COMPLETED_FILE).exists()
@@ -384,7 +384,7 @@ def test_console_script_fails_without_a_traceback(tmp_path):
     result = subprocess.run(
         [sys.executable, "-m", "pipeline.preprocess", "--train=tsv:/no/such.tsv",
          f"--output_dir={tmp_path}/out"], capture_output=True, text=True, env=env, timeout=300)
-    assert result.returncode == 1
+    assert result.returncode == 2
     assert "Traceback" not in result.stderr
     assert result.stderr.strip().splitlines()[-1] == (
         "s2s-preprocess: error: tsv:/no/such.tsv: no such file: /no/such.tsv")
@@ -670,7 +670,7 @@ def test_a_retry_of_a_completed_run_succeeds_without_redoing_it(tmp_path, capsys
     # Another setting: refused, naming it, before anything runs.
     code, _, err = run_cli([a.replace("--vocab_size=120", "--vocab_size=100") for a in argv],
                            capsys)
-    assert code == 1 and err.count("\n") == 1
+    assert code == 2 and err.count("\n") == 1
     assert "completed preprocess run of other inputs or settings" in err
     assert "the settings differ: --vocab_size 120 -> 100" in err and "inputs differ" not in err
     assert err.rstrip().endswith("pass --overwrite to replace it")
@@ -680,7 +680,7 @@ def test_a_retry_of_a_completed_run_succeeds_without_redoing_it(tmp_path, capsys
     train.write_bytes(train.read_bytes().replace(b"open the file now", b"open the files now"))
     new_sha256 = hashlib.sha256(train.read_bytes()).hexdigest()
     code, _, err = run_cli(argv, capsys)
-    assert code == 1 and err.count("\n") == 1
+    assert code == 2 and err.count("\n") == 1
     assert (f"the inputs differ: {train} size {request['inputs'][0]['size']} -> "
             f"{train.stat().st_size}, "
             f"sha256 {old_sha256[:12]} -> {new_sha256[:12]}") in err
