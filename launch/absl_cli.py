@@ -15,7 +15,7 @@ def fail(prog: str, message: str):
     sys.exit(USAGE_ERROR)
 
 
-def flags_parser(prog: str, *, positional_ok: bool = False):
+def flags_parser(prog: str):
     """A `flags_parser` for absl.app.run that keeps the contract above."""
     def parse(argv):
         try:
@@ -23,10 +23,10 @@ def flags_parser(prog: str, *, positional_ok: bool = False):
         except flags.Error as error:
             fail(prog, str(error))
         except (AttributeError, KeyError) as error:  # ml_collections: no such config field
+            key = str(error).strip("\"'")
             overrides = " ".join(a for a in argv[1:] if a.startswith("--config."))
-            fail(prog, f"unknown config key '{str(error).strip(chr(34) + chr(39))}' in: "
-                       f"{overrides}")
-        if len(rest) > 1 and not positional_ok:
+            fail(prog, f"unknown config key '{key}' in: {overrides}")
+        if len(rest) > 1:
             fail(prog, f"unexpected argument(s): {' '.join(rest[1:])}")
         return rest
     return parse

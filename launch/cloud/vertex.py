@@ -17,10 +17,13 @@ error exit (2) is retried too, a few times, before the job fails.
 Submitting is idempotent per display name: a job of that name that has not failed, been
 cancelled or expired is attached to instead of created again (the retraining steps name
 their jobs by run id, so an orchestrator's retry never starts a second training job), and
-a create whose answer was lost is looked up before it is sent again. Polling retries 5xx,
-429 and lost connections with exponential backoff.
+a create whose answer was lost is looked up before it is sent again. Polling (--wait)
+retries 5xx, 429 and lost connections with exponential backoff (2 s doubling to 60 s, with
+jitter; 10 failures in a row give up), logging each retry to stderr; another 4xx fails at
+once. Giving up never resubmits: the job may still be running, and the message names it.
 """
 
+import functools
 import json
 import random
 import sys
@@ -127,8 +130,55 @@ TRANSIENT = (429, 500, 502, 503, 504)  # answers worth retrying: the API, not th
 RESTARTABLE = ("JOB_STATE_FAILED", "JOB_STATE_CANCELLED", "JOB_STATE_EXPIRED")
 
 
+@functools.cache
+def transient_errors() -> tuple[type[Exception], ...]:
+    """Exceptions meaning the connection failed, not the request: worth another try. Not
+    every OSError: requests' InvalidURL and the like are OSErrors too, and never heal."""
+    errors: list[type[Exception]] = [ConnectionError, TimeoutError]
+    try:
+        import requests
+        errors += [requests.exceptions.ConnectionError, requests.exceptions.Timeout,
+                   requests.exceptions.ChunkedEncodingError]
+    except ImportError:
+        pass
+    try:  # AuthorizedSession refreshes its token about hourly; that request can fail too
+        import google.auth.exceptions
+        errors.append(google.auth.exceptions.TransportError)
+    except ImportError:
+        pass
+    return tuple(errors)
+
+
+def describe(response) -> str:
+    """The status and the start of the body, on one line, for messages."""
+    body = " ".join(response.text.split())[:300]
+    return f"HTTP {response.status_code}: {body}" if body else f"HTTP {response.status_code}"
+
+
 def jobs_url(*, project: str, region: str) -> str:
     return f"{API.format(region=region)}/projects/{project}/locations/{region}/customJobs"
+
+
+def send_once(send) -> tuple[object | None, str]:
+    """(the response, "") unless it is a transient failure: then (None or the response,
+    what went wrong). Other exceptions propagate: they are not worth retrying."""
+    try:
+        response = send()
+    except transient_errors() as error:
+        return None, " ".join(f"{type(error).__name__}: {error}".split())[:300]
+    if response.status_code in TRANSIENT:
+        return response, describe(response)
+    return response, ""
+
+
+def back_off(delay: float, *, what: str, reason: str, sleep, then: str = "retrying",
+             max_delay: float = 60.0) -> float:
+    """Logs one line and sleeps about delay s (give or take 10 %, so that clients failing
+    together do not retry together); the next delay: doubled, at most max_delay."""
+    pause = delay * random.uniform(0.9, 1.1)
+    print(f"vertex: {what}: {reason}; {then} in {pause:.1f} s", file=sys.stderr, flush=True)
+    sleep(pause)
+    return min(delay * 2, max_delay)
 
 
 def request_with_retries(send, *, what: str, attempts: int = 8, first_delay: float = 2.0,
@@ -137,37 +187,43 @@ def request_with_retries(send, *, what: str, attempts: int = 8, first_delay: flo
     connection), waiting 2, 4, 8 ... s (at most max_delay) in between."""
     delay = first_delay
     for attempt in range(1, attempts + 1):
-        try:
-            response, reason = send(), ""
-        except OSError as error:  # requests' ConnectionError and Timeout are OSErrors
-            response, reason = None, f"{type(error).__name__}: {error}"
-        if response is not None and response.status_code not in TRANSIENT:
+        response, reason = send_once(send)
+        if not reason:
             return response
-        reason = reason or f"HTTP {response.status_code}"
         if attempt == attempts:
-            raise cli.LaunchError(f"{what}: {attempts} attempts failed, the last with "
-                                  f"{reason[:300]}")
-        print(f"vertex: {what}: {reason[:300]}; retrying in {delay:.0f} s", file=sys.stderr,
-              flush=True)
-        sleep(delay * random.uniform(0.9, 1.1))
-        delay = min(delay * 2, max_delay)
+            raise cli.LaunchError(f"{what}: {attempts} attempts failed in a row, the last "
+                                  f"with {reason}")
+        delay = back_off(delay, what=what, reason=reason, sleep=sleep, max_delay=max_delay)
     raise AssertionError("unreachable")
+
+
+def name_filter(display_name: str) -> str:
+    """customJobs.list's filter for one display name (a quoted, escaped string literal)."""
+    escaped = display_name.replace("\\", "\\\\").replace('"', '\\"')
+    return f'display_name="{escaped}"'
 
 
 def find_job(display_name: str, *, project: str, region: str, session,
              sleep=time.sleep) -> dict | None:
     """The newest job of that display name that has not failed, been cancelled or expired:
     the one a retried step must attach to instead of submitting another."""
-    query = urllib.parse.quote(f'display_name="{display_name}"')
-    url = f"{jobs_url(project=project, region=region)}?filter={query}"
-    response = request_with_retries(lambda: session.get(url), sleep=sleep,
-                                    what=f"listing jobs named {display_name}")
-    if response.status_code >= 400:
-        raise cli.LaunchError(f"cannot list Vertex AI jobs ({response.status_code}): "
-                              f"{response.text.strip()[:500]}")
-    jobs = [job for job in response.json().get("customJobs", [])
-            if job.get("displayName") == display_name and job.get("state") not in RESTARTABLE]
-    return max(jobs, key=lambda job: job.get("createTime", ""), default=None)
+    url = (f"{jobs_url(project=project, region=region)}"
+           f"?filter={urllib.parse.quote(name_filter(display_name))}")
+    jobs, token = [], ""
+    while True:
+        page_url = f"{url}&pageToken={urllib.parse.quote(token)}" if token else url
+        response = request_with_retries(functools.partial(session.get, page_url),
+                                        sleep=sleep, what=f"listing jobs named {display_name}")
+        if response.status_code >= 400:
+            raise cli.LaunchError(f"cannot list Vertex AI jobs named {display_name} "
+                                  f"({describe(response)})")
+        page = response.json()
+        jobs += [job for job in page.get("customJobs", [])
+                 if job.get("displayName") == display_name
+                 and job.get("state") not in RESTARTABLE]
+        token = page.get("nextPageToken", "")
+        if not token:
+            return max(jobs, key=lambda job: job.get("createTime", ""), default=None)
 
 
 def submit(body: dict, *, project: str, region: str, session, attempts: int = 5,
@@ -182,45 +238,46 @@ def submit(body: dict, *, project: str, region: str, session, attempts: int = 5,
     url = jobs_url(project=project, region=region)
     delay = 2.0
     for attempt in range(1, attempts + 1):
-        try:
-            response, reason = session.post(url, json=body), ""
-        except OSError as error:
-            response, reason = None, f"{type(error).__name__}: {error}"
-        if response is not None and response.status_code not in TRANSIENT:
+        response, reason = send_once(functools.partial(session.post, url, json=body))
+        if not reason:
             if response.status_code >= 400:
-                raise cli.LaunchError(f"Vertex AI refused the job ({response.status_code}): "
-                                      f"{response.text.strip()[:500]}")
+                raise cli.LaunchError(f"Vertex AI refused the job {name} "
+                                      f"({response.status_code}): "
+                                      f"{' '.join(response.text.split())[:500]}")
             return response.json(), False
-        reason = reason or f"HTTP {response.status_code}"
-        sleep(delay)
+        delay = back_off(delay, what=f"creating {name}", reason=reason, sleep=sleep,
+                         then="looking for it before sending it again")
         existing = find_job(name, project=project, region=region, session=session,
                             sleep=sleep)
         if existing:  # the create went through although its answer did not
+            print(f"vertex: {name} was created after all ({existing['name']}): not sent "
+                  "again", file=sys.stderr, flush=True)
             return existing, True
         if attempt == attempts:
             raise cli.LaunchError(f"creating {name}: {attempts} attempts failed, the last "
-                                  f"with {reason[:300]}; no job of that name exists")
-        print(f"vertex: creating {name}: {reason[:300]}; no such job yet, creating it again",
-              file=sys.stderr, flush=True)
-        delay = min(delay * 2, 60.0)
+                                  f"with {reason}; no job of that name exists")
+        print(f"vertex: no job named {name} exists: creating it again", file=sys.stderr,
+              flush=True)
     raise AssertionError("unreachable")
 
 
-def wait(name: str, *, region: str, session, poll_seconds: float = 60.0,
+def wait(name: str, *, region: str, session, poll_seconds: float = 60.0, attempts: int = 10,
          sleep=time.sleep) -> str:
     """Polls the job until it ends; its final state, or a LaunchError unless it succeeded.
-    Transient API errors are retried with backoff; the job is never submitted again."""
+    Transient API errors are retried with backoff, up to `attempts` in a row per poll (about
+    5 minutes by default); a 4xx fails at once. The job is never submitted again: failing
+    to read it says nothing about the job."""
     url = f"{API.format(region=region)}/{name}"
     while True:
         try:
-            response = request_with_retries(lambda: session.get(url), sleep=sleep,
-                                            what=f"polling {name}")
+            response = request_with_retries(functools.partial(session.get, url), sleep=sleep,
+                                            attempts=attempts, what=f"polling {name}")
         except cli.LaunchError as error:
             raise cli.LaunchError(f"{error}; the job may still be running (not resubmitted):"
                                   f" check {name}") from None
         if response.status_code >= 400:
-            raise cli.LaunchError(f"cannot read {name} ({response.status_code}): "
-                                  f"{response.text.strip()[:300]}")
+            raise cli.LaunchError(f"cannot read {name} ({describe(response)}); not retried,"
+                                  " the job was not resubmitted")
         state = response.json().get("state", "")
         if state in FINAL_STATES:
             if state != "JOB_STATE_SUCCEEDED":
