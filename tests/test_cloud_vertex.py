@@ -165,28 +165,95 @@ def test_submit_posts_the_body_and_wait_polls_until_the_end():
         f"https://r-aiplatform.googleapis.com/v1/{NAME}"] * 2
 
 
-def test_polling_retries_transient_errors_with_growing_waits_and_never_resubmits():
+def posts(session) -> int:
+    return sum(1 for method, _, _ in session.requests if method == "POST")
+
+
+def test_a_submitted_job_polled_through_two_503s_succeeds_backing_off_without_resubmitting(
+        capsys):
     slept = []
-    session = FakeSession(FakeResponse(503, {}), FakeResponse(502, {}),
-                          ConnectionError("connection reset"), FakeResponse(429, {}),
+    session = FakeSession(NO_JOBS, FakeResponse(200, {"name": NAME}),
+                          FakeResponse(503, {"error": "backend unavailable"}),
+                          FakeResponse(503, {"error": "backend unavailable"}),
                           FakeResponse(200, {"state": "JOB_STATE_RUNNING"}),
                           FakeResponse(200, {"state": "JOB_STATE_SUCCEEDED"}))
-    assert vertex.wait(NAME, region="r", session=session, poll_seconds=7,
+    job, existed = vertex.submit(job_body(), project="proj", region="r", session=session,
+                                 sleep=slept.append)
+    assert not existed and slept == []
+    assert vertex.wait(job["name"], region="r", session=session, poll_seconds=30,
                        sleep=slept.append) == "JOB_STATE_SUCCEEDED"
-    backoff = [delay for delay in slept if delay != 7]
-    assert len(backoff) == 4 and backoff == sorted(backoff) and backoff[-1] > 2 * backoff[0]
-    assert not [r for r in session.requests if r[0] == "POST"]
+    assert posts(session) == 1
+    backoff, poll = slept[:2], slept[2:]
+    assert 1.8 <= backoff[0] <= 2.2 and 3.6 <= backoff[1] <= 4.4  # 2 s, then 4 s, +-10 %
+    assert poll == [30]
+    retries = capsys.readouterr().err.splitlines()
+    assert len(retries) == 2
+    for line, delay in zip(retries, backoff):
+        assert line == (f"vertex: polling {NAME}: HTTP 503: {{\"error\": \"backend "
+                        f"unavailable\"}}; retrying in {delay:.1f} s")
 
 
-def test_polling_gives_up_after_its_budget_naming_the_job_and_a_4xx_fails_at_once():
-    session = FakeSession(*[FakeResponse(500, {})] * 8)
-    with pytest.raises(cli.LaunchError, match=f"polling {NAME}: 8 attempts failed, the last "
-                       r"with HTTP 500; the job may still be running \(not resubmitted\)"):
+def test_polling_retries_429_5xx_and_lost_connections_with_growing_capped_waits():
+    requests = pytest.importorskip("requests")
+    slept = []
+    failures = [FakeResponse(429, {}), FakeResponse(500, {}), FakeResponse(502, {}),
+                FakeResponse(504, {}), requests.exceptions.ConnectionError("reset"),
+                requests.exceptions.ReadTimeout("read timed out"), ConnectionError("reset"),
+                TimeoutError("timed out")]
+    session = FakeSession(*failures, FakeResponse(200, {"state": "JOB_STATE_SUCCEEDED"}))
+    assert vertex.wait(NAME, region="r", session=session,
+                       sleep=slept.append) == "JOB_STATE_SUCCEEDED"
+    assert len(slept) == len(failures)
+    assert slept[:6] == sorted(slept[:6]) and slept[5] > 8 * slept[0]  # 2, 4, ... 64 -> 60
+    assert all(54 <= delay <= 66 for delay in slept[5:])  # capped at 60 s, +-10 %
+
+
+def test_an_error_that_is_not_transient_is_raised_without_retrying():
+    requests = pytest.importorskip("requests")
+    slept = []
+    session = FakeSession(requests.exceptions.InvalidURL("no host"))
+    with pytest.raises(requests.exceptions.InvalidURL):
+        vertex.wait(NAME, region="r", session=session, sleep=slept.append)
+    assert slept == [] and len(session.requests) == 1
+
+
+@pytest.mark.parametrize("status", [403, 404])
+def test_a_4xx_while_polling_fails_at_once_naming_the_job_and_status(status):
+    slept = []
+    session = FakeSession(FakeResponse(status, {"error": {"message": "nope"}}))
+    with pytest.raises(cli.LaunchError) as error:
+        vertex.wait(NAME, region="r", session=session, sleep=slept.append)
+    assert str(error.value) == (f"cannot read {NAME} (HTTP {status}: "
+                                '{"error": {"message": "nope"}}); not retried, the job was '
+                                "not resubmitted")
+    assert slept == [] and len(session.requests) == 1
+
+
+def test_polling_gives_up_after_its_budget_naming_the_job_and_never_resubmits(capsys):
+    slept = []
+    session = FakeSession(*[FakeResponse(500, {})] * 3)
+    with pytest.raises(cli.LaunchError) as error:
+        vertex.wait(NAME, region="r", session=session, attempts=3, sleep=slept.append)
+    assert str(error.value) == (f"polling {NAME}: 3 attempts failed in a row, the last with "
+                                f"HTTP 500: {{}}; the job may still be running (not "
+                                f"resubmitted): check {NAME}")
+    assert len(session.requests) == 3 and posts(session) == 0 and len(slept) == 2
+    assert len(capsys.readouterr().err.splitlines()) == 2
+    # The default budget: 10 failures in a row.
+    session = FakeSession(*[ConnectionError("reset")] * 10)
+    with pytest.raises(cli.LaunchError, match="10 attempts failed in a row, the last with "
+                       "ConnectionError: reset; the job may still be running"):
         vertex.wait(NAME, region="r", session=session, sleep=lambda s: None)
-    assert len(session.requests) == 8 and all(r[0] == "GET" for r in session.requests)
-    with pytest.raises(cli.LaunchError, match=r"cannot read .*42 \(403\)"):
-        vertex.wait(NAME, region="r", sleep=lambda s: None,
-                    session=FakeSession(FakeResponse(403, {"error": "denied"})))
+    assert len(session.requests) == 10 and posts(session) == 0
+
+
+def test_the_budget_counts_failures_in_a_row_not_in_all():
+    session = FakeSession(FakeResponse(503, {}), FakeResponse(503, {}),
+                          FakeResponse(200, {"state": "JOB_STATE_RUNNING"}),
+                          FakeResponse(503, {}), FakeResponse(503, {}),
+                          FakeResponse(200, {"state": "JOB_STATE_SUCCEEDED"}))
+    assert vertex.wait(NAME, region="r", session=session, attempts=3,
+                       sleep=lambda s: None) == "JOB_STATE_SUCCEEDED"
 
 
 def test_a_retried_step_attaches_to_its_running_job_and_a_failed_one_is_resubmitted():
@@ -194,10 +261,13 @@ def test_a_retried_step_attaches_to_its_running_job_and_a_failed_one_is_resubmit
                "createTime": "2026-12-05T10:00:00Z"}
     failed = {"name": "projects/1/locations/r/customJobs/41", "displayName": "d",
               "state": "JOB_STATE_FAILED", "createTime": "2026-12-05T09:00:00Z"}
-    session = FakeSession(FakeResponse(200, {"customJobs": [failed, running]}))
+    session = FakeSession(FakeResponse(200, {"customJobs": [failed, running]}),
+                          FakeResponse(200, {"state": "JOB_STATE_SUCCEEDED"}))
     job, existed = vertex.submit(job_body(), project="proj", region="r", session=session)
     assert existed and job["name"] == NAME
-    assert [r[0] for r in session.requests] == ["GET"]  # nothing submitted
+    assert vertex.wait(job["name"], region="r", session=session) == "JOB_STATE_SUCCEEDED"
+    assert session.requests == [("GET", LIST, None),
+                                ("GET", f"https://r-aiplatform.googleapis.com/v1/{NAME}", None)]
     session = FakeSession(FakeResponse(200, {"customJobs": [failed]}),
                           FakeResponse(200, {"name": "projects/1/locations/r/customJobs/43"}))
     job, existed = vertex.submit(job_body(), project="proj", region="r", session=session)
@@ -205,14 +275,51 @@ def test_a_retried_step_attaches_to_its_running_job_and_a_failed_one_is_resubmit
     assert [r[0] for r in session.requests] == ["GET", "POST"]
 
 
-def test_a_create_that_failed_in_transit_but_created_the_job_is_not_sent_again():
+def test_the_job_listing_is_read_to_its_last_page():
+    running = {"name": NAME, "displayName": "d", "state": "JOB_STATE_RUNNING"}
+    session = FakeSession(FakeResponse(200, {"customJobs": [], "nextPageToken": "t/2"}),
+                          FakeResponse(200, {"customJobs": [running]}))
+    job, existed = vertex.submit(job_body(), project="proj", region="r", session=session)
+    assert existed and job["name"] == NAME and posts(session) == 0
+    assert [r[1] for r in session.requests] == [LIST, LIST + "&pageToken=t%2F2"]
+
+
+def test_a_display_name_with_quotes_is_escaped_in_the_filter():
+    assert vertex.name_filter('a"b\\c') == r'display_name="a\"b\\c"'
+
+
+def test_a_wait_flag_on_a_retried_step_attaches_to_the_job_and_submits_nothing(
+        monkeypatch, capsys):
+    done = {"name": NAME, "displayName": "s2s-x", "state": "JOB_STATE_SUCCEEDED"}
+    session = FakeSession(FakeResponse(200, {"customJobs": [done]}),
+                          FakeResponse(200, {"state": "JOB_STATE_SUCCEEDED"}))
+    monkeypatch.setattr(vertex, "authorized_session", lambda: session)
+    vertex.main(["train", *COMMON, "--wait"])
+    assert capsys.readouterr().out.splitlines() == [
+        f"{NAME} (s2s-x) exists already (JOB_STATE_SUCCEEDED): attached to it, nothing "
+        "submitted", "JOB_STATE_SUCCEEDED"]
+    assert posts(session) == 0
+
+
+def test_a_create_that_failed_in_transit_but_created_the_job_is_not_sent_again(capsys):
     created = {"name": NAME, "displayName": "d", "state": "JOB_STATE_PENDING"}
+    slept = []
     session = FakeSession(NO_JOBS, FakeResponse(503, {}),
                           FakeResponse(200, {"customJobs": [created]}))
     job, existed = vertex.submit(job_body(), project="proj", region="r", session=session,
-                                 sleep=lambda s: None)
+                                 sleep=slept.append)
     assert existed and job["name"] == NAME
     assert [r[0] for r in session.requests] == ["GET", "POST", "GET"]
+    assert len(slept) == 1
+    err = capsys.readouterr().err
+    assert "creating d: HTTP 503: {}; looking for it before sending it again in" in err
+    assert f"d was created after all ({NAME}): not sent again" in err
+    # The same when the answer was lost on the way back.
+    session = FakeSession(NO_JOBS, ConnectionError("reset"),
+                          FakeResponse(200, {"customJobs": [created]}))
+    job, existed = vertex.submit(job_body(), project="proj", region="r", session=session,
+                                 sleep=lambda s: None)
+    assert existed and posts(session) == 1
     # Not created: sent again, once.
     session = FakeSession(NO_JOBS, FakeResponse(503, {}), NO_JOBS,
                           FakeResponse(200, {"name": NAME}))
@@ -221,8 +328,17 @@ def test_a_create_that_failed_in_transit_but_created_the_job_is_not_sent_again()
     assert not existed and [r[0] for r in session.requests] == ["GET", "POST", "GET", "POST"]
 
 
+def test_a_create_that_keeps_failing_gives_up_after_its_attempts():
+    session = FakeSession(NO_JOBS, *[FakeResponse(503, {}), NO_JOBS] * 2)
+    with pytest.raises(cli.LaunchError, match="creating d: 2 attempts failed, the last with "
+                       "HTTP 503: {}; no job of that name exists"):
+        vertex.submit(job_body(), project="proj", region="r", session=session, attempts=2,
+                      sleep=lambda s: None)
+    assert posts(session) == 2
+
+
 def test_a_refused_or_failed_job_is_an_error():
-    with pytest.raises(cli.LaunchError, match="refused the job \\(400\\)"):
+    with pytest.raises(cli.LaunchError, match="refused the job d \\(400\\)"):
         vertex.submit({"displayName": "d"}, project="p", region="r",
                       session=FakeSession(NO_JOBS, FakeResponse(400, {"error": "bad"})))
     with pytest.raises(cli.LaunchError, match="ended in JOB_STATE_FAILED"):

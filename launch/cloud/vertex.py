@@ -208,10 +208,10 @@ def find_job(display_name: str, *, project: str, region: str, session,
     """The newest job of that display name that has not failed, been cancelled or expired:
     the one a retried step must attach to instead of submitting another."""
     url = (f"{jobs_url(project=project, region=region)}"
-           f"?filter={urllib.parse.quote(name_filter(display_name))}")
+           f"?filter={urllib.parse.quote(name_filter(display_name), safe='')}")
     jobs, token = [], ""
     while True:
-        page_url = f"{url}&pageToken={urllib.parse.quote(token)}" if token else url
+        page_url = f"{url}&pageToken={urllib.parse.quote(token, safe='')}" if token else url
         response = request_with_retries(functools.partial(session.get, page_url),
                                         sleep=sleep, what=f"listing jobs named {display_name}")
         if response.status_code >= 400:
