@@ -15,8 +15,6 @@ import dataclasses
 import json
 import os
 
-import tensorflow as tf
-
 from launch import shared_files
 
 STOP_FILE = "STOP_TRAINING.json"
@@ -98,9 +96,8 @@ def read_marker(workdir: str) -> dict | None:
     signal); its text then stands in as the reason."""
     path = marker_path(workdir)
     try:
-        with tf.io.gfile.GFile(path) as f:
-            text = f.read()
-    except tf.errors.NotFoundError:
+        text = shared_files.read_text(path)
+    except FileNotFoundError:
         return None
     try:
         record = json.loads(text)

@@ -117,13 +117,7 @@ def read_json(path: str) -> dict:
         return json.loads(f.read())
 
 
-def read_text(path: str) -> str:
-    """The file's text; FileNotFoundError when it is missing (what export_layout expects)."""
-    try:
-        with tf.io.gfile.GFile(path) as f:
-            return f.read()
-    except tf.errors.NotFoundError as error:
-        raise FileNotFoundError(path) from error
+read_text = shared_files.read_text
 
 
 def read_pointer(root: str) -> dict | None:

@@ -43,6 +43,15 @@ class LeaseLost(LeaseError):
     """This writer's claim was removed or overtaken: its lease is no longer exclusive."""
 
 
+def read_text(path: str) -> str:
+    """The file's text; FileNotFoundError when it is missing (what export_layout expects)."""
+    try:
+        with tf.io.gfile.GFile(path) as f:
+            return f.read()
+    except tf.errors.NotFoundError as error:
+        raise FileNotFoundError(path) from error
+
+
 def write_text_atomically(path: str, text: str) -> None:
     """Readers see the old content or the new, never a mix. On gs:// an object upload is
     already all-or-nothing (and a rename would be a copy); locally: a unique temp + rename."""

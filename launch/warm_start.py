@@ -24,7 +24,7 @@ import os
 import tensorflow as tf
 from absl import logging
 
-from launch import checkpoints, export_layout
+from launch import checkpoints, export_layout, shared_files
 
 BUNDLE = "warm_start"  # in every SavedModel export version
 _WEIGHTS = "weights"  # checkpoint prefix inside the bundle
@@ -81,14 +81,9 @@ def locate(source: str) -> Source:
 
 
 def _resolve_export(path: str) -> str:
-    def read_text(name):
-        try:
-            with tf.io.gfile.GFile(name) as f:
-                return f.read()
-        except tf.errors.NotFoundError as error:
-            raise FileNotFoundError(name) from error
     try:
-        return export_layout.resolve(path, read_text=read_text, exists=tf.io.gfile.exists)
+        return export_layout.resolve(path, read_text=shared_files.read_text,
+                                     exists=tf.io.gfile.exists)
     except export_layout.NotAnExportError as error:
         raise WarmStartError(f"config.train.init_from: {error}") from None
 
