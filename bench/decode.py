@@ -125,8 +125,9 @@ def real_data(args) -> dict:
         return sum(len(run.target_tokenizer.encode(h)) + 1 for h in hypotheses)  # + EOS
 
     began = time.perf_counter()
-    sources, references, hypotheses = evaluator.decode_split(
-        run, split=args.split, data_dir=args.data_dir, search=search)
+    text, hypotheses = evaluator.decode_split(run, split=args.split, data_dir=args.data_dir,
+                                              search=search)
+    sources, references, source_ids = text.sources, text.references, text.source_ids
     evaluator_s = time.perf_counter() - began
 
     with tempfile.TemporaryDirectory() as export_dir:
@@ -136,7 +137,6 @@ def real_data(args) -> dict:
             target_model=run.target_tokenizer.model, saved_model_dir=export_dir,
             beam_size=beam_size, alpha=alpha, **evaluator.export_options(run))
         serve = tf.saved_model.load(export_dir).signatures["serving_default"]
-        _, _, source_ids = evaluator.read_split(run, split=args.split, data_dir=args.data_dir)
         exported = [""] * len(sources)
         began = time.perf_counter()
         for rows, _ in evaluator.length_batches([len(ids) for ids in source_ids],

@@ -17,14 +17,14 @@ import sacrebleu
 import tensorflow as tf
 from absl import logging
 
-from launch import (checkpoints, early_stopping, eval_records, export_lib, replicated_search,
-                    shared_files, teacher_forcing, vocabulary, warm_start)
+from launch import (checkpoints, early_stopping, eval_lines, eval_records, export_lib,
+                    replicated_search, shared_files, teacher_forcing, vocabulary, warm_start)
+from launch import progress as progress_lib
 from models import decoding
 from pipeline import dataset, features, tokenizer
 
 EXAMPLES = 8  # (source, reference, hypothesis) triples returned for the console
 SCALARS = ("bleu", "chrf", "wer", "per", "xent", "token_accuracy")  # TensorBoard and the log
-LOG_EVERY_SECONDS = 10  # decoding progress lines, at most one per this many seconds
 
 
 class EvaluationError(RuntimeError):
@@ -126,35 +126,29 @@ def export_options(run: Run) -> dict:
 
 def decode_split(run: Run, *, split: str, data_dir: str,
                  search: replicated_search.ReplicatedSearch
-                 ) -> tuple[list[str], list[list[str]], list[str]]:
-    """(sources, references, hypotheses) as text, one entry per distinct source, in the
-    order of each source's first appearance in the split.
+                 ) -> tuple[eval_lines.SplitText, list[str]]:
+    """The split's input lines, and one hypothesis per distinct source.
 
     A source that appears more than once (a word with several pronunciations, a message
     with several translations) is decoded once and scored against all its references.
     Sources are decoded shortest first in batches of similar length (`length_batches`),
     so each batch's buffers fit its bucket and it stops once its own sentences are done.
     """
-    sources, references, source_ids = read_split(run, split=split, data_dir=data_dir)
+    text = read_split(run, split=split, data_dir=data_dir)
     search.sync()
-    hypotheses = [""] * len(sources)
-    began, done, last_log = time.perf_counter(), 0, time.perf_counter()
-    for rows, size in length_batches([len(ids) for ids in source_ids],
+    hypotheses = [""] * len(text.sources)
+    progress = progress_lib.Progress("decoded", total=len(text.sources))
+    for rows, size in length_batches([len(ids) for ids in text.source_ids],
                                      **batching(run, multiple=search.replicas)):
-        tokens = search(padded_batch([source_ids[i] for i in rows], size=size,
+        tokens = search(padded_batch([text.source_ids[i] for i in rows], size=size,
                                      boundaries=run.config.data.bucket_boundaries,
                                      pad_id=run.config.data.pad_id,
                                      eos_id=run.config.data.eos_id))
         for row, index in enumerate(rows):
             hypotheses[index] = run.target_tokenizer.detokenize(tokens[row])
-        done += len(rows)
-        now = time.perf_counter()
-        if now - last_log >= LOG_EVERY_SECONDS:
-            logging.info("decoded %d of %d sentences (%.1f/s)", done, len(sources),
-                         done / (now - began))
-            last_log = now
-    logging.info("decoded %d sentences in %.0f s", done, time.perf_counter() - began)
-    return sources, references, hypotheses
+        progress.add(len(rows))
+    progress.finish()
+    return text, hypotheses
 
 
 def batching(run: Run, *, multiple: int = 1) -> dict:
@@ -191,25 +185,19 @@ def length_batches(lengths: list[int], *, boundaries, max_sentences: int, max_to
     return batches
 
 
-def read_split(run: Run, *, split: str, data_dir: str
-               ) -> tuple[list[str], list[list[str]], list[np.ndarray]]:
-    """(distinct sources, their references, their unpadded source ids), file order."""
-    sources, references, source_ids = [], [], []
-    position = {}  # source text -> its index in the three lists
-    batches = dataset.make_eval_dataset(data_dir=data_dir, split=split, batch_size=256)
-    for batch in batches:
-        texts = [t.decode() for t in batch[features.INPUTS_TEXT].numpy()]
-        targets = [t.decode() for t in batch[features.TARGETS_TEXT].numpy()]
-        ids = batch[features.INPUTS].numpy()
-        for row, (text, target) in enumerate(zip(texts, targets)):
-            if text in position:
-                references[position[text]].append(target)
-                continue
-            position[text] = len(sources)
-            sources.append(text)
-            references.append([target])
-            source_ids.append(ids[row][ids[row] != run.config.data.pad_id])
-    return sources, references, source_ids
+def read_split(run: Run, *, split: str, data_dir: str) -> eval_lines.SplitText:
+    """The split as input lines (launch/eval_lines.py); warns when the data predates
+    recorded origins, so outputs can only follow the shards' order."""
+    text = eval_lines.read_split(data_dir=data_dir, split=split, metadata=run.metadata,
+                                 pad_id=run.config.data.pad_id)
+    if not text.ordered:
+        logging.warning("%s was preprocessed before input order was recorded: hyp files "
+                        "follow the shards' order, not the %s file's. Rerun s2s-preprocess "
+                        "with --overwrite to record it", data_dir, split)
+    elif text.dropped:
+        logging.warning("%d %s lines were dropped in preprocessing (metadata.json counts "
+                        "why): their lines in the hyp files are empty", text.dropped, split)
+    return text
 
 
 def padded_batch(rows: list[np.ndarray], *, size: int, boundaries, pad_id: int,
@@ -222,18 +210,6 @@ def padded_batch(rows: list[np.ndarray], *, size: int, boundaries, pad_id: int,
     for index, row in enumerate(rows):
         batch[index, :len(row)] = row
     return batch
-
-
-def edit_distance(a: list[str], b: list[str]) -> int:
-    """Levenshtein distance between two token lists."""
-    previous = list(range(len(b) + 1))
-    for i, x in enumerate(a, 1):
-        current = [i]
-        for j, y in enumerate(b, 1):
-            current.append(min(previous[j] + 1, current[j - 1] + 1,
-                               previous[j - 1] + (x != y)))
-        previous = current
-    return previous[-1]
 
 
 def score(hypotheses: list[str], references: list[list[str]], *, g2p: bool) -> dict:
@@ -257,9 +233,7 @@ def score(hypotheses: list[str], references: list[list[str]], *, g2p: bool) -> d
     if g2p:
         wrong = edits = length = 0
         for hypothesis, refs in zip(hypotheses, references):
-            phones = hypothesis.split()
-            distance, closest = min((edit_distance(phones, ref), len(ref))
-                                    for ref in (r.split() for r in refs))
+            distance, closest = eval_lines.closest_edits(hypothesis, refs)
             wrong += distance > 0
             edits += distance
             length += closest
@@ -329,10 +303,10 @@ class Evaluator:
         before it, which is also what gets exported). Returns the metrics row plus
         "examples" (source, references, hypothesis) for the console and "recorded"."""
         averaged = self._restore(path)
-        sources, references, hypotheses, seconds = self._decode()
+        text, hypotheses, seconds = self._decode()
         row = self._score(path, averaged=len(averaged), hypotheses=hypotheses,
-                          references=references, seconds=seconds)
-        self._write_hypotheses(row["step"], hypotheses)
+                          references=text.references, seconds=seconds)
+        self._write_hypotheses(row["step"], text, hypotheses)
         with self._lease() as lease:
             recorded = self._record_results(row, lease=lease)
             if recorded and self.export_best:
@@ -341,12 +315,13 @@ class Evaluator:
                     row["exported"] = exported
             if recorded:
                 self._maybe_stop_training(row)
+        examples = [(source, " | ".join(refs), hypothesis) for source, refs, hypothesis
+                    in zip(text.sources, text.references, hypotheses)][:EXAMPLES]
         if recorded:
-            self._write_summaries(row)
+            self._write_summaries(row, examples)
         self._log(row, recorded=recorded)
         row["recorded"] = recorded
-        row["examples"] = [(source, " | ".join(refs), hypothesis) for source, refs, hypothesis
-                           in zip(sources, references, hypotheses)][:EXAMPLES]
+        row["examples"] = examples
         return row
 
     def _restore(self, path: str) -> list[str]:
@@ -362,11 +337,11 @@ class Evaluator:
             raise EvaluationError(f"checkpoint {path} cannot be read: {error.message}") from error
         return averaged
 
-    def _decode(self) -> tuple[list[str], list[list[str]], list[str], float]:
+    def _decode(self) -> tuple[eval_lines.SplitText, list[str], float]:
         began = time.perf_counter()
-        sources, references, hypotheses = decode_split(
-            self.run, split=self.split, data_dir=self.data_dir, search=self.search)
-        return sources, references, hypotheses, time.perf_counter() - began
+        text, hypotheses = decode_split(self.run, split=self.split, data_dir=self.data_dir,
+                                        search=self.search)
+        return text, hypotheses, time.perf_counter() - began
 
     def _score(self, path: str, *, averaged: int, hypotheses: list[str],
                references: list[list[str]], seconds: float) -> dict:
@@ -379,10 +354,14 @@ class Evaluator:
                 **teacher_forcing.split_scores(self.run.model, config=self.run.config,
                                                split=self.split, data_dir=self.data_dir)}
 
-    def _write_hypotheses(self, step: int, hypotheses: list[str]) -> None:
+    def _write_hypotheses(self, step: int, text: eval_lines.SplitText,
+                          hypotheses: list[str]) -> None:
+        """hyp-<step>.txt and .tsv, a line per input line (launch/eval_lines.py)."""
         tf.io.gfile.makedirs(self.out_dir)
-        shared_files.write_text_atomically(os.path.join(self.out_dir, f"hyp-{step}.txt"),
-                                           "".join(h + "\n" for h in hypotheses))
+        scores = eval_lines.sentence_scores(hypotheses, text.references,
+                                            g2p=is_g2p(self.run.metadata))
+        eval_lines.write_hypotheses(self.out_dir, step=step, text=text,
+                                    hypotheses=hypotheses, scores=scores)
 
     def _lease(self):
         """One evaluator of this workdir at a time between reading and writing records."""
@@ -460,19 +439,32 @@ class Evaluator:
             restore(self.run, averaged)
             self._export(best)
 
-    def _write_summaries(self, row: dict) -> None:
+    def _write_summaries(self, row: dict, examples: list[tuple]) -> None:
+        """The scores as scalars, and a few (source, reference, hypothesis) samples as a
+        text table, so TensorBoard shows what the numbers mean."""
         if self._summaries is None:
             self._summaries = tf.summary.create_file_writer(self.out_dir)
         with self._summaries.as_default():
             for key in SCALARS:
                 if key in row:
                     tf.summary.scalar(key, row[key], step=row["step"])
+            tf.summary.text("samples", samples_markdown(examples), step=row["step"])
         self._summaries.flush()
 
     def _log(self, row: dict, *, recorded: bool) -> None:
         scores = "  ".join(f"{k} {row[k]:.2f}" for k in SCALARS if k in row)
         note = "" if recorded else " (already on record from another evaluator; not added)"
         logging.info("step %d %s: %s%s", row["step"], self.split, scores, note)
+
+
+def samples_markdown(examples: list[tuple]) -> str:
+    """A Markdown table of (source, reference, hypothesis) rows for tf.summary.text."""
+    def cell(value: str) -> str:
+        return value.replace("|", "\\|").replace("\n", " ") or " "
+    rows = ["| source | reference | hypothesis |", "|---|---|---|"]
+    rows += ["| " + " | ".join(cell(value) for value in example) + " |"
+             for example in examples]
+    return "\n".join(rows)
 
 
 @contextlib.contextmanager

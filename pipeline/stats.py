@@ -43,8 +43,10 @@ MAX_BUCKETS = 12  # compiled shapes per step function; more buckets, less paddin
 
 # Stats keys are tuples: (split, "read"), (split, "written"), (split, "normalized"),
 # (split, "dropped", reason), (split, "input_tokens"|"target_tokens"),
-# (split, "len_inputs"|"len_targets"|"len_max", length), (DEAD_LETTER, "written").
+# (split, "len_inputs"|"len_targets"|"len_max", length), (DEAD_LETTER, "written"),
+# (split, "origin_records", origin): records read from one explicit dev/test input.
 READ, WRITTEN, NORMALIZED, DROPPED = "read", "written", "normalized", "dropped"
+ORIGIN_RECORDS = "origin_records"
 
 
 def shard_name(split: str, shard: int, num_shards: int) -> str:
@@ -156,6 +158,19 @@ class OutputSettings:
     # What was asked for: settings, input identities and their fingerprint (preprocess.py
     # compares it with a rerun's to tell a retry of a finished run from a different job).
     request: Optional[Mapping] = None
+    # split -> the origins its dev/test examples come from, in input order (its own inputs,
+    # or train's when it is carved out of train): evaluation writes outputs in this order.
+    eval_origins: Optional[Mapping[str, list]] = None
+
+
+def split_origins(stats: Mapping, split: str, *, settings: OutputSettings) -> list:
+    """splits.<split>.origins: each input in order, with its record count (lines or
+    entries, kept or dropped) when the split is its own input; None when carved from train,
+    where only some of its lines belong to the split."""
+    own = split in settings.sources
+    return [{"file": origin,
+             "records": stats.get((split, ORIGIN_RECORDS, origin), 0) if own else None}
+            for origin in (settings.eval_origins or {}).get(split, ())]
 
 
 def build_metadata(*, stats: Mapping, tokenizer: dict, settings: OutputSettings,
@@ -220,6 +235,10 @@ def build_metadata(*, stats: Mapping, tokenizer: dict, settings: OutputSettings,
         "dead_letter": {"path": DEAD_LETTER_FILE,
                         "count": stats.get((DEAD_LETTER, WRITTEN), 0)},
     }
+    for split in splits:
+        if split != "train" and settings.eval_origins is not None:
+            metadata["splits"][split]["origins"] = split_origins(stats, split,
+                                                                 settings=settings)
     if settings.request is not None:
         metadata["request"] = dict(settings.request)
     return metadata

@@ -119,7 +119,8 @@ def tokenizer_info(*, source_model: bytes, target_model: bytes, settings: Tokeni
 class TokenizePairs(beam.DoFn):
     """Encodes a batch with SentencePiece, applies the token filters, keys it by shard.
 
-    Output: ((split, shard), packed [(pair_id, serialized Example, input_len, target_len)]),
+    Output: ((split, shard), packed [(pair_id, serialized Example, input_len, target_len,
+    where)]), where = (origin, line) of a dev/test pair, else None;
     one element per shard the batch touches; shard = hash(pair_id) % num_shards[split].
     """
 
@@ -153,7 +154,7 @@ class TokenizePairs(beam.DoFn):
         max_length, max_ratio, num_shards = self._max_length, self._max_ratio, self._num_shards
         eos, encode = features.EOS_ID, features.fast_encode_example
         by_shard = collections.defaultdict(list)
-        for (split, source, target, pair_id, _), inputs, targets in zip(
+        for (split, source, target, pair_id, _, where), inputs, targets in zip(
                 batch, source_ids, target_ids):
             shorter, longer = (len(inputs), len(targets)) if len(inputs) < len(targets) else (
                 len(targets), len(inputs))
@@ -171,10 +172,12 @@ class TokenizePairs(beam.DoFn):
                 continue
             inputs.append(eos)
             targets.append(eos)
+            origin, line = where or ("", 0)
             example = encode(inputs=inputs, targets=targets, pair_id=pair_id,
-                             inputs_text=source, targets_text=target)
+                             inputs_text=source, targets_text=target, origin=origin, line=line)
             shard = int(pair_id[:8], 16) % num_shards[split]
-            by_shard[(split, shard)].append((pair_id, example, len(inputs), len(targets)))
+            by_shard[(split, shard)].append((pair_id, example, len(inputs), len(targets),
+                                             where))
         count_into_metrics(counts)
         for key, items in by_shard.items():
             yield key, pack(items)

@@ -18,7 +18,7 @@ from tensorflow.core.protobuf import saved_model_pb2
 import models
 import toy_data
 from configs import tiny
-from launch import (eval_records, evaluator, export_layout, export_lib, shared_files,
+from launch import (eval_lines, eval_records, evaluator, export_layout, export_lib, shared_files,
                     teacher_forcing, trainer)
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -145,8 +145,12 @@ def test_a_repeated_source_is_decoded_once_and_scored_against_all_its_references
     for source, target in pairs + extra:
         grouped.setdefault(source, []).append(target)
     assert (row["num_sentences"], row["num_references"]) == (len(grouped), 36)
-    hyps = open(os.path.join(workdir, "eval", "test", "hyp-400.txt")).read().splitlines()
-    assert len(hyps) == len(grouped) < 36
+    lines = open(os.path.join(workdir, "eval", "test", "hyp-400.txt")).read().splitlines()
+    assert len(lines) == 36 > len(grouped)  # a line per input line
+    first = {}  # source -> its hypothesis, written on each of its lines
+    for (source, _), hypothesis in zip(pairs + extra, lines):
+        assert first.setdefault(source, hypothesis) == hypothesis
+    hyps = list(first.values())
     refs = list(grouped.values())
     streams = [[r[k] if k < len(r) else None for r in refs] for k in range(max(map(len, refs)))]
     assert row["bleu"] == pytest.approx(sacrebleu.corpus_bleu(hyps, streams).score)
@@ -452,7 +456,9 @@ def test_average_last_scores_the_averaged_weights(trained, tmp_path):
 
     def decode(paths):
         evaluator.restore(run, paths)
-        return evaluator.decode_split(run, split="dev", data_dir=data_dir, search=search)[2]
+        text, hypotheses = evaluator.decode_split(run, split="dev", data_dir=data_dir,
+                                                  search=search)
+        return eval_lines.line_hypotheses(text, hypotheses)
 
     hyps = open(os.path.join(workdir, "eval", "dev", "hyp-400.txt")).read().splitlines()
     assert hyps == decode(evaluator.recent_checkpoints(workdir, upto=row["checkpoint"],
@@ -557,7 +563,8 @@ def test_ctranslate2_export_decodes_greedily_as_our_decoder(trained, tmp_path):
     assert export_lib.read_manifest(export_dir)["format"] == "ctranslate2"
     run = evaluator.load_run(workdir=workdir, data_dir=data_dir)
     evaluator.restore(run, [tf.train.latest_checkpoint(os.path.join(workdir, "checkpoints"))])
-    sources, _, source_ids = evaluator.read_split(run, split="dev", data_dir=data_dir)
+    text = evaluator.read_split(run, split="dev", data_dir=data_dir)
+    sources, source_ids = text.sources, text.source_ids
     pieces = spm.SentencePieceProcessor(model_proto=run.source_tokenizer.model)
     translator = ctranslate2.Translator(model_dir, device="cpu", intra_threads=1)
     theirs = translator.translate_batch([pieces.encode(s, out_type=str) for s in sources],
@@ -624,3 +631,114 @@ def test_export_cli_refuses_the_evaluators_root_and_missing_flags(trained, tmp_p
     result = run_cli(["-m", "launch.export", f"--resolve={tmp_path}"])
     assert result.returncode == 2 and "is not an s2s-pipeline export" in result.stderr
     assert "Traceback" not in result.stderr
+
+
+# --------------------------------------------------------------------------------------------
+# Outputs in input order (launch/eval_lines.py), on data written by the real preprocess job
+
+
+@pytest.fixture(scope="module")
+def preprocessed_in_order(trained, tmp_path_factory):
+    """The trained model's tokenizer over TSV dev/test files through s2s-preprocess, 3
+    shards each so shard order is not file order; returns (data_dir, dev and test lines).
+
+    dev: two files, single references. test: a source on two lines with different
+    targets, an identical pair on two lines, an empty line and a malformed one."""
+    from pipeline import preprocess
+    data_dir, _ = trained
+    root = tmp_path_factory.mktemp("ordered")
+    pairs = toy_data.make_pairs(40, seed=7)
+    dev_a, dev_b, test = pairs[:12], pairs[12:20], pairs[20:32]
+    test_lines = ([f"{s}\t{t}" for s, t in test[:5]] + [f"{test[0][0]}\t{test[0][1][::-1]}",
+                  "", f"{test[5][0]}\t{test[5][1]}", "no tab here"]
+                  + [f"{s}\t{t}" for s, t in test[5:]])
+    files = {"train.tsv": [f"{s}\t{t}" for s, t in pairs[32:]],
+             "dev_a.tsv": [f"{s}\t{t}" for s, t in dev_a],
+             "dev_b.tsv": [f"{s}\t{t}" for s, t in dev_b], "test.tsv": test_lines}
+    for name, lines in files.items():
+        (root / name).write_text("".join(line + "\n" for line in lines))
+    out = str(root / "data")
+    preprocess.preprocess(
+        pipeline_options=preprocess.pipeline_options_from_argv([]), output_dir=out,
+        train=[f"tsv:{root / 'train.tsv'}"],
+        dev=[f"tsv:{root / 'dev_a.tsv'}", f"tsv:{root / 'dev_b.tsv'}"],
+        test=[f"tsv:{root / 'test.tsv'}"], num_shards=3,
+        tokenizer_model=os.path.join(data_dir, "spm.model"))
+    return out, {"dev": files["dev_a.tsv"] + files["dev_b.tsv"], "test": test_lines}
+
+
+def test_hypothesis_line_i_is_the_savedmodel_translation_of_input_line_i(
+        trained, preprocessed_in_order, tmp_path):
+    _, workdir = copy_workdir(trained, tmp_path)
+    data_dir, lines = preprocessed_in_order
+    row = evaluator.evaluate(workdir=workdir, data_dir=data_dir, split="test",
+                             export_best=False)[0]
+    out = os.path.join(workdir, "eval", "test")
+    hyps = open(os.path.join(out, "hyp-400.txt")).read().split("\n")[:-1]
+    assert len(hyps) == len(lines["test"]) == 16
+    export = evaluator.export_checkpoint(workdir=workdir, data_dir=data_dir,
+                                         export_dir=str(tmp_path / "export"))
+    translate = export_lib.load_translator(export)
+    for hyp, line in zip(hyps, lines["test"]):
+        if "\t" not in line:  # the empty and the malformed line: dropped, so empty
+            assert hyp == ""
+            continue
+        expected = translate(inputs=tf.constant([line.split("\t")[0]]))["translations"]
+        assert hyp == expected.numpy()[0].decode()
+    # A repeated source is decoded once (12 distinct of 14 pairs) and written on each line.
+    assert (row["num_sentences"], row["num_references"]) == (12, 14)
+    assert hyps[0] == hyps[5] and hyps[7] == hyps[9]
+    rows = [line.split("\t") for line in
+            open(os.path.join(out, "hyp-400.tsv")).read().splitlines()]
+    assert rows[0] == ["file", "line", "source", "reference", "hypothesis", "chrf"]
+    assert [int(r[1]) for r in rows[1:]] == list(range(1, 17))
+    assert all(r[0].endswith("test.tsv") for r in rows[1:])
+    assert [r[4] for r in rows[1:]] == hyps
+    assert rows[6][2:4] == [lines["test"][5].split("\t")[0], lines["test"][5].split("\t")[1]]
+    assert rows[7][2:] == ["", "", "", ""] and rows[9][2:] == ["", "", "", ""]
+    assert float(rows[1][5]) == pytest.approx(sacrebleu.sentence_chrf(
+        hyps[0], [lines["test"][0].split("\t")[1], lines["test"][5].split("\t")[1]]).score,
+        abs=0.01)
+
+
+def test_sacrebleu_on_the_hypothesis_file_and_the_targets_in_file_order_is_the_recorded_bleu(
+        trained, preprocessed_in_order, tmp_path):
+    _, workdir = copy_workdir(trained, tmp_path)
+    data_dir, lines = preprocessed_in_order
+    row = evaluator.evaluate(workdir=workdir, data_dir=data_dir, split="dev",
+                             export_best=False)[0]
+    hyps = open(os.path.join(workdir, "eval", "dev", "hyp-400.txt")).read().splitlines()
+    targets = [line.split("\t")[1] for line in lines["dev"]]  # dev_a.tsv, then dev_b.tsv
+    assert len(hyps) == len(targets) == 20
+    assert sacrebleu.corpus_bleu(hyps, [targets]).score == pytest.approx(row["bleu"])
+    assert sacrebleu.corpus_chrf(hyps, [targets]).score == pytest.approx(row["chrf"])
+    # Order matters: the same lines against the targets one line off score lower.
+    shifted = targets[1:] + targets[:1]
+    assert sacrebleu.corpus_chrf(hyps, [shifted]).score < row["chrf"] - 10
+
+
+def test_data_without_recorded_origins_still_evaluates_with_a_warning(trained, tmp_path,
+                                                                     caplog):
+    data_dir, workdir = copy_workdir(trained, tmp_path)
+    with caplog.at_level("WARNING"):
+        row = evaluator.evaluate(workdir=workdir, data_dir=data_dir, split="dev",
+                                 export_best=False)[0]
+    assert "before input order was recorded" in caplog.text
+    hyps = open(os.path.join(workdir, "eval", "dev", "hyp-400.txt")).read().splitlines()
+    assert len(hyps) == row["num_sentences"] == 32
+
+
+def test_each_evaluation_puts_sample_translations_in_tensorboard(trained, tmp_path):
+    data_dir, workdir = copy_workdir(trained, tmp_path)
+    row = evaluator.evaluate(workdir=workdir, data_dir=data_dir, split="dev",
+                             export_best=False)[0]
+    texts = []
+    for path in tf.io.gfile.glob(os.path.join(workdir, "eval", "dev", "events.out.*")):
+        for event in tf.compat.v1.train.summary_iterator(path):
+            texts += [tf.make_ndarray(value.tensor).item().decode()
+                      for value in event.summary.value if value.tag == "samples"]
+    assert len(texts) == 1
+    table = texts[0].splitlines()
+    assert table[0] == "| source | reference | hypothesis |"
+    assert table[2] == "| " + " | ".join(row["examples"][0]) + " |"
+    assert len(table) == 2 + evaluator.EXAMPLES

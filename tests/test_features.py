@@ -16,6 +16,9 @@ CASES = [
     # empty texts; a text longer than 16384 bytes (multi-byte length prefixes)
     dict(inputs=[9, 1], targets=[3000, 1], pair_id="f" * 32, inputs_text="",
          targets_text="x" * 20000),
+    # a dev/test pair with its origin; a line number needing 3 varint bytes
+    dict(inputs=[5, 1], targets=[7, 1], pair_id="c" * 32, inputs_text="a", targets_text="b",
+         origin="gs://bucket/dev.tsv", line=70_000),
 ]
 
 
@@ -27,9 +30,11 @@ def test_fast_encoder_parses_like_tf_train_example(case):
     parsed_fast = features.parse_example(tf.constant(fast))
     parsed_reference = features.parse_example(tf.constant(reference))
     for key in (features.INPUTS, features.TARGETS, features.ID, features.INPUTS_TEXT,
-                features.TARGETS_TEXT):
+                features.TARGETS_TEXT, features.ORIGIN, features.LINE):
         assert tf.reduce_all(parsed_fast[key] == parsed_reference[key])
     assert parsed_fast[features.INPUTS].dtype == tf.int32
+    assert parsed_fast[features.ORIGIN].numpy().decode() == case.get("origin", "")
+    assert int(parsed_fast[features.LINE]) == case.get("line", 0)
 
 
 def test_fast_encoder_is_deterministic_with_a_fixed_key_order():

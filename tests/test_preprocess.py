@@ -134,6 +134,53 @@ def test_every_bad_input_class_is_counted(full_run):
     assert metadata["splits"]["test"]["written"] == 5
 
 
+def test_dev_and_test_examples_keep_their_file_and_line(full_run, corpus):
+    output_dir, metadata = full_run
+    for split, lines in (("dev", 7), ("test", 5)):
+        assert metadata["splits"][split]["origins"] == [
+            {"file": f"{corpus}/{split}.tsv", "records": lines}]
+        examples = read_split(output_dir, split)
+        where = sorted((e[features.ORIGIN].decode(), int(e[features.LINE])) for e in examples)
+        assert where == [(f"{corpus}/{split}.tsv", line) for line in range(1, lines + 1)]
+        raw = open(f"{corpus}/{split}.tsv", encoding="utf-8").read().splitlines()
+        for example in examples:  # the example of line N holds line N's text
+            source = raw[int(example[features.LINE]) - 1].split("\t")[0].strip()
+            assert example[features.INPUTS_TEXT].decode() == source
+    assert all(not e[features.ORIGIN] and not e[features.LINE]
+               for e in read_split(output_dir, "train"))
+    assert "origins" not in metadata["splits"]["train"]
+
+
+def test_a_pair_repeated_on_two_test_lines_is_kept_for_each_and_dropped_lines_counted(
+        tmp_path):
+    root = tmp_path / "in"
+    root.mkdir()
+    good = good_pairs()
+    (root / "train.tsv").write_bytes(tsv(good[:20]))
+    (root / "test.tsv").write_bytes(tsv(good[30:32]) + b"\n" + tsv(good[30:31]))
+    metadata = run_job(tmp_path / "out", train=[f"tsv:{root}/train.tsv"],
+                       test=[f"tsv:{root}/test.tsv"], vocab_size=120)
+    test = metadata["splits"]["test"]
+    assert test["origins"] == [{"file": f"{root}/test.tsv", "records": 4}]
+    assert (test["written"], test["dropped"]["duplicate"], test["dropped"]["empty"]) == (3, 0, 1)
+    lines = sorted(int(e[features.LINE]) for e in read_split(str(tmp_path / "out"), "test"))
+    assert lines == [1, 2, 4]
+
+
+def test_carved_splits_name_their_inputs_in_order_without_line_counts(tmp_path):
+    root = tmp_path / "in"
+    root.mkdir()
+    good = good_pairs()
+    (root / "a.tsv").write_bytes(tsv(good[:20]))
+    (root / "b.tsv").write_bytes(tsv(good[20:]))
+    metadata = run_job(tmp_path / "out", train=[f"tsv:{root}/a.tsv", f"tsv:{root}/b.tsv"],
+                       split_fractions={"dev": 0.2}, vocab_size=120)
+    assert metadata["splits"]["dev"]["origins"] == [
+        {"file": f"{root}/a.tsv", "records": None}, {"file": f"{root}/b.tsv", "records": None}]
+    dev = read_split(str(tmp_path / "out"), "dev")
+    assert dev and all(e[features.LINE] >= 1 for e in dev)
+
+
 def test_dead_letters_name_file_line_and_raw_bytes(full_run, corpus):
     output_dir, metadata = full_run
     path = os.path.join(output_dir, "dead_letter", "dead_letter.jsonl")

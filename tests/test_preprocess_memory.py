@@ -70,7 +70,7 @@ def packed_batches(count, per_batch=1000, size=1000):
     """A shard's shuffle values, made lazily as a Dataflow group is paged in."""
     rng = random.Random(11)
     for _ in range(count):
-        items = [("%032x" % rng.getrandbits(128), rng.randbytes(size), 9, 9)
+        items = [("%032x" % rng.getrandbits(128), rng.randbytes(size), 9, 9, None)
                  for _ in range(per_batch)]
         blob = batches.pack(items)
         yield batches.unpack(blob), len(blob)

@@ -98,7 +98,7 @@ def _items(count, seed):
         pair_id = features.fingerprint(source, "t")
         items.append((pair_id, features.fast_encode_example(
             inputs=[5, 1], targets=[6, 1], pair_id=pair_id, inputs_text=source,
-            targets_text="t"), 2, 2))
+            targets_text="t"), 2, 2, None))
     return items
 
 

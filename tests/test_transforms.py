@@ -98,12 +98,14 @@ def test_clean_pairs_routes_every_record():
     with local_pipeline() as pipeline:
         outputs = clean_outputs(pipeline, RAW, fractions=None, emit_eval_keys=True)
         pairs = outputs.pairs | "Pairs" >> beam.FlatMap(
-            lambda batch: [(p[0], p[1], p[2], p[3]) for p in batch])
-        assert_that(pairs, equal_to([
+            lambda batch: [(p[0], p[1], p[2], p[3], p[5]) for p in batch])
+        assert_that(pairs, equal_to([  # a dev pair keeps its origin; train pairs need none
             ("train", "Open file", "Datei öffnen", features.fingerprint("Open file",
-                                                                       "Datei öffnen")),
-            ("train", "tab here", "line sep", features.fingerprint("tab here", "line sep")),
-            ("dev", "Save", "Speichern", features.fingerprint("Save", "Speichern")),
+                                                                       "Datei öffnen"), None),
+            ("train", "tab here", "line sep", features.fingerprint("tab here", "line sep"),
+             None),
+            ("dev", "Save", "Speichern", features.fingerprint("Save", "Speichern"),
+             ("d.tsv", 1)),
         ]), label="pairs")
         dead = outputs[cleaning.DEAD_LETTERS] | "Dead" >> beam.FlatMap(
             lambda keyed: [(keyed[0], row[0], row[1], row[3], row[4])
@@ -117,7 +119,8 @@ def test_clean_pairs_routes_every_record():
             ("train", "read"): 7, ("dev", "read"): 1, ("train", "normalized"): 1,
             ("train", "dropped", "invalid_utf8"): 1, ("train", "dropped", "empty"): 1,
             ("train", "dropped", "control_chars"): 1, ("train", "dropped", "malformed"): 1,
-            ("train", "dropped", "gettext_header"): 1}]), label="stats")
+            ("train", "dropped", "gettext_header"): 1,
+            ("dev", "origin_records", "d.tsv"): 1}]), label="stats")
         keys = outputs.eval_keys | "Keys" >> beam.FlatMap(lambda keys: keys)
         assert_that(keys, equal_to([cleaning.source_digest("Save")[:16]]), label="keys")
 
@@ -170,7 +173,8 @@ def test_alternate_pronunciations_are_references_in_dev_and_test_but_skipped_in_
                                     ("train", "hello", "HH AH L OW"), ("dev", "k", "K EY")]))
         assert_that(summed(outputs.stats), equal_to([{
             ("test", "read"): 2, ("train", "read"): 2, ("dev", "read"): 1,
-            ("train", "dropped", "cmudict_alternate"): 1}]), label="stats")
+            ("train", "dropped", "cmudict_alternate"): 1, ("dev", "origin_records", "d"): 1}]),
+            label="stats")
 
 
 def test_clean_counts_reach_beam_metrics():
@@ -191,7 +195,7 @@ def test_clean_counts_reach_beam_metrics():
 
 def _clean(split, source, target):
     return (split, source, target, features.fingerprint(source, target),
-            cleaning.source_digest(source)[:16])
+            cleaning.source_digest(source)[:16], None if split == "train" else ("f", 1))
 
 
 def test_tokenize_filters_and_keys_by_shard():
@@ -253,7 +257,7 @@ def _item(source):
     pair_id = features.fingerprint(source, "t")
     example = features.fast_encode_example(inputs=[5, 1], targets=[6, 7, 1], pair_id=pair_id,
                                            inputs_text=source, targets_text="t")
-    return pair_id, example, 2, 3
+    return pair_id, example, 2, 3, None
 
 
 def test_write_shard_file_sorts_dedups_records_the_shard_and_leaves_no_temp_files(tmp_path):
