@@ -54,12 +54,13 @@ setup(
     },
     entry_points={
         "console_scripts": [
-            "s2s-preprocess=pipeline.preprocess:run",
+            "s2s-preprocess=launch.preprocess_cli:run",
             "s2s-train=launch.train:run",
             "s2s-evaluate=launch.evaluate:run",
             "s2s-export=launch.export:run",
             "s2s-translate=launch.translate:run",
             "s2s-local-cluster=launch.local_cluster:run",
+            "s2s-cloud=launch.cloud.main:run",
         ],
     },
 )

@@ -12,7 +12,6 @@ import os
 from typing import NamedTuple
 
 import numpy as np
-import sacrebleu
 
 from launch import shared_files
 from pipeline import dataset, features
@@ -94,6 +93,7 @@ def sentence_scores(hypotheses: list[str], references: list[list[str]], *,
     """Per distinct source, against all its references, as the corpus score counts them:
     sentence chrF; for G2P the word error (0 or 100) and phoneme error rate."""
     if not g2p:
+        import sacrebleu  # the [evaluate] extra
         return {"chrf": [sacrebleu.sentence_chrf(h, refs).score
                          for h, refs in zip(hypotheses, references)]}
     edits = [closest_edits(h, refs) for h, refs in zip(hypotheses, references)]

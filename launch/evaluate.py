@@ -8,7 +8,7 @@ import sys
 
 from absl import app, flags
 
-from launch import absl_cli
+from launch import absl_cli, extras
 
 flags.DEFINE_string("workdir", None, "s2s-train workdir (reads checkpoints and config.json).")
 flags.DEFINE_string("data_dir", None, "s2s-preprocess output with the split to score.")
@@ -41,6 +41,7 @@ UNFINISHED = 3  # exit status: --watch timed out before the final training step 
 
 def main(argv):
     del argv  # absl_cli refuses stray arguments
+    extras.require("s2s-evaluate", "sacrebleu")
     from launch import evaluator
     from launch import strategy as strategy_lib
     try:

@@ -13,7 +13,6 @@ import os
 import time
 
 import numpy as np
-import sacrebleu
 import tensorflow as tf
 from absl import logging
 
@@ -219,6 +218,7 @@ def score(hypotheses: list[str], references: list[list[str]], *, g2p: bool) -> d
     equals any of them (the convention of published CMUdict results), and its phoneme
     errors are the edits to the closest one, over that reference's length.
     """
+    import sacrebleu  # the [evaluate] extra; s2s-export runs without it
     streams = [[refs[k] if k < len(refs) else None for refs in references]
                for k in range(max((len(refs) for refs in references), default=1))]
     bleu, chrf = sacrebleu.metrics.BLEU(), sacrebleu.metrics.CHRF()

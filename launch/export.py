@@ -11,7 +11,7 @@ import sys
 
 from absl import app, flags, logging
 
-from launch import absl_cli
+from launch import absl_cli, extras
 
 REQUIRED = ("workdir", "data_dir", "export_dir")
 
@@ -25,6 +25,8 @@ def fail(message: str) -> None:
 
 def main(argv):
     del argv  # absl_cli refuses stray arguments
+    if FLAGS.format == "ctranslate2":
+        extras.require("s2s-export", "ctranslate2")
     from launch import evaluator, export_lib
     if FLAGS.resolve:
         try:

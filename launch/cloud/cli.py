@@ -6,6 +6,8 @@ import subprocess
 import sys
 from typing import Callable, Sequence
 
+from launch import extras
+
 
 class LaunchError(Exception):
     """Bad input or a failed external command, reported as one line without a traceback."""
@@ -41,12 +43,13 @@ def run_commands(commands: Sequence[Sequence[str]], *, dry_run: bool) -> None:
 
 def run_main(prog: str, main: Callable[[Sequence[str]], None],
              argv: Sequence[str] | None = None) -> None:
-    """Calls main(argv); our errors and Google Cloud client errors (refused requests,
-    missing credentials) become one line, `prog: error: message`, and exit status 2."""
+    """Calls main(argv); our errors, a missing extra and Google Cloud client errors (refused
+    requests, missing credentials) become one line, `prog: error: message`, and exit 2."""
     try:
         main(sys.argv[1:] if argv is None else list(argv))
     except Exception as error:  # noqa: BLE001  (re-raised below unless it is one of ours)
-        if not isinstance(error, LaunchError) and not is_google_client_error(error):
+        if (not isinstance(error, (LaunchError, extras.MissingExtra))
+                and not is_google_client_error(error)):
             raise
         message = " ".join(str(error).split())
         print(f"{prog}: error: {message}", file=sys.stderr)

@@ -56,8 +56,8 @@ def dataflow_preprocess_command(*, train: str, output_dir: str, dev: str = "", t
         extra_flags=[*preprocess_flags, *runner])
 
 
-def parse_args(argv: Sequence[str]):
-    parser = cli.ArgumentParser(prog=PROG,
+def parse_args(argv: Sequence[str], *, prog: str = PROG):
+    parser = cli.ArgumentParser(prog=prog,
                                 description="Run s2s-preprocess on Dataflow.")
     parser.add_argument("--project", required=True)
     parser.add_argument("--region", required=True)
@@ -84,8 +84,8 @@ def parse_args(argv: Sequence[str]):
     return args
 
 
-def main(argv: Sequence[str]) -> None:
-    args = parse_args(argv)
+def main(argv: Sequence[str], *, prog: str = PROG) -> None:
+    args = parse_args(argv, prog=prog)
     runner = runner_flags(project=args.project, region=args.region,
                           temp_location=args.temp_location,
                           job_name=args.job_name or job_name(args.output_dir),

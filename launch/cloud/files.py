@@ -11,6 +11,7 @@ import os
 import time
 from typing import Sequence
 
+from launch import extras
 from launch.cloud import cli
 
 PROG = "python -m launch.cloud.files"
@@ -35,6 +36,7 @@ def join(base: str, *parts: str) -> str:
 @functools.cache
 def client():
     """One storage client per process (reads STORAGE_EMULATOR_HOST when set)."""
+    extras.check("google.cloud.storage")
     from google.cloud import storage
     return storage.Client()
 

@@ -221,8 +221,8 @@ def to_yaml(documents: list[dict]) -> str:
     return yaml.safe_dump_all(documents, sort_keys=False, default_flow_style=False, width=100)
 
 
-def parse_args(argv: Sequence[str]):
-    parser = cli.ArgumentParser(prog=PROG,
+def parse_args(argv: Sequence[str], *, prog: str = PROG):
+    parser = cli.ArgumentParser(prog=prog,
                                 description="Kubernetes manifests for s2s training.")
     parser.add_argument("--variant", choices=VARIANTS, default="jobset",
                         help="jobset (GKE, restarts the group), indexed (plain Indexed Job) "
@@ -264,8 +264,8 @@ def job_from_args(args) -> ClusterJob:
                       max_restarts=args.max_restarts)
 
 
-def main(argv: Sequence[str]) -> None:
-    args = parse_args(argv)
+def main(argv: Sequence[str], *, prog: str = PROG) -> None:
+    args = parse_args(argv, prog=prog)
     text = to_yaml(manifests(job_from_args(args), variant=args.variant))
     if args.dry_run:
         print("# kubectl apply -f -")

@@ -12,6 +12,9 @@ here under KFP's local runner, each step a lightweight component running
 `python -m launch.cloud.retrain_local step` in a subprocess (no containers):
 
     python -m launch.cloud.kfp_pipeline --settings=retrain.local.json --run_local --run_id=ID
+
+--dry-run builds the pipeline in memory and prints the steps' commands in order; it
+writes no YAML and runs nothing.
 """
 
 import os
@@ -93,8 +96,28 @@ def compile_pipeline(settings: retrain.RetrainSettings, output: str) -> None:
     compiler.Compiler().compile(build_pipeline(settings), package_path=output)
 
 
-def main(argv: Sequence[str]) -> None:
-    parser = cli.ArgumentParser(prog=PROG,
+def dry_run(args) -> None:
+    """The commands the pipeline's steps would run, in order (the pipeline is built, so
+    a settings file that would not compile fails here too)."""
+    if args.run_local:
+        settings = retrain_local.load_settings(args.settings)
+        build_local_pipeline(args.settings)
+        retrain_local.check_dev(settings)
+        run_id = args.run_id or time.strftime("%Y%m%dt%H%M%S", time.gmtime())
+        print(f"# kfp.local would run these as tasks, in order, with run id {run_id}")
+        cli.run_commands([retrain_local.step_command(settings, name, run_id=run_id,
+                                                     dry_run=True)
+                          for name in retrain_local.STEPS], dry_run=True)
+        return
+    settings = retrain.load_settings(args.settings)
+    build_pipeline(settings)
+    print(f"# would write {args.output}: one container step each, in {settings.image}")
+    cli.run_commands([step.command for step in retrain.steps(
+        settings, run_id=dsl.PIPELINE_JOB_ID_PLACEHOLDER)], dry_run=True)
+
+
+def main(argv: Sequence[str], *, prog: str = PROG) -> None:
+    parser = cli.ArgumentParser(prog=prog,
                                 description="Compile the retraining pipeline to YAML.")
     parser.add_argument("--settings", required=True, help="JSON file of RetrainSettings.")
     parser.add_argument("--output", default="s2s_retrain.yaml")
@@ -104,7 +127,11 @@ def main(argv: Sequence[str]) -> None:
                         "directories (default: the UTC time).")
     parser.add_argument("--pipeline_root", default="", help="--run_local: where KFP keeps "
                         "its artifacts (default: ROOT/kfp).")
+    cli.add_dry_run(parser)
     args = parser.parse_args(argv)
+    if args.dry_run:
+        dry_run(args)
+        return
     if args.run_local:
         settings = retrain_local.load_settings(args.settings)
         run_local(args.settings, run_id=args.run_id or time.strftime("%Y%m%dt%H%M%S",

@@ -1,7 +1,7 @@
 """Publish a trained model only if it beats the published one; move `latest.json` atomically.
 
     python -m launch.cloud.publish --workdir=gs://B/runs/X/work --data_dir=gs://B/runs/X/data \
-        --bucket=my-models --prefix=ende
+        --bucket=my-models --prefix=ende [--dry-run]
 
 Layout under gs://BUCKET/PREFIX/ (models/ is TF Serving's: `tensorflow_model_server
 --model_base_path=gs://BUCKET/PREFIX/models` serves the highest <N>, the published one):
@@ -149,14 +149,19 @@ def read_pointer(bucket, name: str, *, attempts: int = 5) -> Pointer:
             data = blob.download_as_bytes(if_generation_match=generation)
         except (exceptions.PreconditionFailed, exceptions.NotFound):
             continue  # replaced or deleted between the metadata read and the download
-        try:
-            record = json.loads(data)
-            record["version"], record["metrics"]["dev"]
-        except (ValueError, KeyError, TypeError) as error:
-            raise PublishError(f"{object_url(bucket, name)} is not a valid pointer ({error!r}); "
-                               "fix or delete it") from error
-        return Pointer(record=record, generation=generation)
+        return Pointer(record=parse_pointer(data, url=object_url(bucket, name)),
+                       generation=generation)
     raise PublishError(f"{object_url(bucket, name)} kept changing while being read")
+
+
+def parse_pointer(data: bytes, *, url: str) -> dict:
+    try:
+        record = json.loads(data)
+        record["version"], record["metrics"]["dev"]
+    except (ValueError, KeyError, TypeError) as error:
+        raise PublishError(f"{url} is not a valid pointer ({error!r}); fix or delete it") \
+            from error
+    return record
 
 
 def copy_file(source: str, bucket, name: str) -> None:
@@ -236,8 +241,7 @@ def publish(candidate: Candidate, *, bucket, prefix: str, metric: str = "bleu",
     model, and a published model scored on another dev set is not compared against."""
     new = score(candidate.metrics["dev"], metric)
     now = now or datetime.datetime.now(datetime.timezone.utc)
-    pointer_name = f"{prefix.strip('/')}/{POINTER}" if prefix.strip("/") else POINTER
-    models = pointer_name[:-len(POINTER)] + "models"
+    pointer_name, models = layout(prefix)
     uploaded, version, base = False, "", ""
     for _ in range(max_attempts):
         pointer = read_pointer(bucket, pointer_name)
@@ -271,6 +275,36 @@ def publish(candidate: Candidate, *, bucket, prefix: str, metric: str = "bleu",
                        f"{pointer_name} kept changing")
 
 
+def layout(prefix: str) -> tuple[str, str]:
+    """The pointer's object name and the folder of the versions, under `prefix`."""
+    pointer_name = f"{prefix.strip('/')}/{POINTER}" if prefix.strip("/") else POINTER
+    return pointer_name, pointer_name[:-len(POINTER)] + "models"
+
+
+def plan(candidate: Candidate, *, root: str, prefix: str, metric: str = "bleu",
+         dev_sha256: str = "") -> list[str]:
+    """--dry-run: what publish() would do, decided by reads alone (the same comparison,
+    the same dev-set check); nothing is claimed, uploaded or moved, no lock file made."""
+    new = score(candidate.metrics["dev"], metric)
+    pointer_name, models = layout(prefix)
+    pointer_url = files.join(root, pointer_name)
+    try:
+        record = parse_pointer(files.read_bytes(pointer_url), url=pointer_url)
+    except FileNotFoundError:
+        record = None
+    check_same_dev_set(record, dev_sha256=dev_sha256)
+    old = score(record["metrics"]["dev"], metric) if record else None
+    published = (f"{record['version']} ({metric} {old:.2f})" if record
+                 else "nothing published yet")
+    lines = [f"# candidate: {candidate.export_dir} ({metric} {new:.2f}); published: {published}"]
+    if not is_better(new, old, metric=metric):
+        return lines + [f"would keep {record['version']}: {metric} {new:.2f} is not better "
+                        f"than {old:.2f}; nothing to upload"]
+    uploads = [CLAIM, *files.list_files(candidate.export_dir), "metrics.json", "MODEL_CARD.md"]
+    return lines + [f"would upload to {files.join(root, models)}/<N>/: {', '.join(uploads)}",
+                    f"would move {pointer_url} to version <N>"]
+
+
 def check_same_dev_set(record: dict | None, *, dev_sha256: str) -> None:
     """Scores on different dev sets say nothing about which model is better."""
     pinned = (record or {}).get("dev_sha256")
@@ -288,16 +322,24 @@ def object_url(bucket, name: str) -> str:
     return f"gs://{bucket.name}/{name}"
 
 
-def open_destination(bucket: str):
-    """A GCS bucket by name (or gs://name), or a local directory (a path or file://path)
-    laid out the same way."""
+def destination_root(bucket: str) -> str:
+    """--bucket as gs://NAME (from a name or gs://name) or an absolute local directory
+    (from a path or file://path)."""
     if bucket.startswith(("/", ".", "file://")):
-        return local_bucket.LocalBucket(bucket.removeprefix("file://"))
+        return os.path.abspath(bucket.removeprefix("file://"))
     name = bucket.removeprefix("gs://").strip("/")
     if not name or "/" in name:
         raise PublishError(f"--bucket={bucket!r} must be a bucket name; put folders in "
                            "--prefix")
-    return files.bucket(name)
+    return f"gs://{name}"
+
+
+def open_destination(bucket: str):
+    """The GCS bucket, or a local directory laid out the same way."""
+    root = destination_root(bucket)
+    if files.is_gcs(root):
+        return files.bucket(files.split_gcs(root)[0])
+    return local_bucket.LocalBucket(root)
 
 
 def pointer_record(candidate: Candidate, *, bucket, base: str, version: str, metric: str,
@@ -319,8 +361,8 @@ def card(candidate: Candidate, *, record: dict, previous: dict | None) -> str:
                              previous=previous)
 
 
-def parse_args(argv: Sequence[str]):
-    parser = cli.ArgumentParser(prog=PROG,
+def parse_args(argv: Sequence[str], *, prog: str = PROG):
+    parser = cli.ArgumentParser(prog=prog,
                                 description="Publish a trained model if it beats the "
                                             "published one.")
     parser.add_argument("--workdir", required=True, help="s2s-train workdir (local or gs://).")
@@ -334,11 +376,17 @@ def parse_args(argv: Sequence[str]):
     parser.add_argument("--max_attempts", type=int, default=5)
     parser.add_argument("--dev_sha256", default="", help="sha256 of the dev set the run was "
                         "scored on: recorded with the model, and compared before the scores.")
+    cli.add_dry_run(parser)
     return parser.parse_args(argv)
 
 
-def main(argv: Sequence[str]) -> None:
-    args = parse_args(argv)
+def main(argv: Sequence[str], *, prog: str = PROG) -> None:
+    args = parse_args(argv, prog=prog)
+    if args.dry_run:
+        candidate = load_candidate(workdir=args.workdir, data_dir=args.data_dir)
+        print("\n".join(plan(candidate, root=destination_root(args.bucket), prefix=args.prefix,
+                             metric=args.metric, dev_sha256=args.dev_sha256)))
+        return
     destination = open_destination(args.bucket)
     candidate = load_candidate(workdir=args.workdir, data_dir=args.data_dir)
     outcome = publish(candidate, bucket=destination, prefix=args.prefix,

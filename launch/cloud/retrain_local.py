@@ -4,6 +4,8 @@
     python -m launch.cloud.retrain_local step train --settings=... --run_id=ID  # one step
     python -m launch.cloud.retrain_local published --settings=...               # history
 
+--dry-run prints the commands of `run` or `step` and runs nothing (nor records the base).
+
 Each run writes ROOT/runs/<run_id>/{data,work} and publishes into PUBLISH_DIR, a local
 directory laid out as the cloud bucket (launch/cloud/publish.py; TF Serving serves
 PUBLISH_DIR/models). A run builds on the model published when its first step started
@@ -162,12 +164,15 @@ def published_tokenizer(record: dict) -> str:
     return source if same else f"{source},{target}"
 
 
-def run_base(settings: LocalSettings, *, run_id: str) -> dict | None:
+def run_base(settings: LocalSettings, *, run_id: str, dry_run: bool = False) -> dict | None:
     """The published model this run builds on, fixed by its first step (RUN/base.json):
     its tokenizer and its weights come from the same version, and a retried step sees
-    the same inputs even after another run published a newer model."""
+    the same inputs even after another run published a newer model. A dry run reads the
+    one the first step would record, and records nothing."""
     path = os.path.join(settings.root, "runs", run_id, "base.json")
     if not os.path.exists(path):
+        if dry_run:
+            return published(settings)
         os.makedirs(os.path.dirname(path), exist_ok=True)
         temporary = f"{path}.tmp-{os.getpid()}"
         with open(temporary, "w") as f:
@@ -177,10 +182,11 @@ def run_base(settings: LocalSettings, *, run_id: str) -> dict | None:
         return json.load(f)["published"]
 
 
-def step_command(settings: LocalSettings, name: str, *, run_id: str) -> list[str]:
+def step_command(settings: LocalSettings, name: str, *, run_id: str,
+                 dry_run: bool = False) -> list[str]:
     """The command of step `name` in run `run_id`."""
     data_dir, workdir = run_dirs(settings, run_id)
-    record = run_base(settings, run_id=run_id)
+    record = run_base(settings, run_id=run_id, dry_run=dry_run)
     bin_dir = os.path.dirname(sys.executable)
     if name == "preprocess":
         command = [os.path.join(bin_dir, "s2s-preprocess"),
@@ -243,21 +249,27 @@ def print_history(settings: LocalSettings) -> None:
               f"{'-' if value is None else f'{value:.2f}'}{'  <- latest' if row['latest'] else ''}")
 
 
-def main(argv: Sequence[str]) -> None:
-    parser = cli.ArgumentParser(prog=PROG, description="Run the retraining loop locally.")
+def main(argv: Sequence[str], *, prog: str = PROG) -> None:
+    parser = cli.ArgumentParser(prog=prog, description="Run the retraining loop locally.")
     parser.add_argument("action", choices=["run", "step", "published"])
     parser.add_argument("step", nargs="?", choices=STEPS)
     parser.add_argument("--settings", required=True, help="JSON file of LocalSettings.")
     parser.add_argument("--run_id", default="", help="Names the run's directories; a "
                         "retry with the same id resumes it (default: the UTC time).")
+    cli.add_dry_run(parser)
     args = parser.parse_args(argv)
     settings = load_settings(args.settings)
     run_id = args.run_id or time.strftime("%Y%m%dt%H%M%S", time.gmtime())
+    if args.action == "step" and not args.step:
+        raise cli.LaunchError("step: name one of " + ", ".join(STEPS))
     if args.action == "published":
         print_history(settings)
+    elif args.dry_run:
+        check_dev(settings)
+        names = [args.step] if args.action == "step" else STEPS
+        cli.run_commands([step_command(settings, name, run_id=run_id, dry_run=True)
+                          for name in names], dry_run=True)
     elif args.action == "step":
-        if not args.step:
-            raise cli.LaunchError("step: name one of " + ", ".join(STEPS))
         run_step(settings, args.step, run_id=run_id)
     else:
         for name in STEPS:

@@ -177,8 +177,8 @@ def up(tpu: TpuVm, *, image: str, train_argv: list[str], dry_run: bool,
     cli.run_commands([install, train], dry_run=False)
 
 
-def parse_args(argv: Sequence[str]):
-    parser = cli.ArgumentParser(prog=PROG,
+def parse_args(argv: Sequence[str], *, prog: str = PROG):
+    parser = cli.ArgumentParser(prog=prog,
                                 description="Train s2s-pipeline on a Cloud TPU VM.")
     parser.add_argument("action", choices=["up", "train", "down"],
                         help="up: create+install+train; train: on an existing TPU; "
@@ -206,8 +206,8 @@ def parse_args(argv: Sequence[str]):
     return args
 
 
-def main(argv: Sequence[str]) -> None:
-    args = parse_args(argv)
+def main(argv: Sequence[str], *, prog: str = PROG) -> None:
+    args = parse_args(argv, prog=prog)
     tpu = TpuVm(name=args.name, project=args.project, zone=args.zone,
                 accelerator_type=args.accelerator_type, runtime_version=args.runtime_version,
                 spot=args.spot)

@@ -33,6 +33,7 @@ from typing import Sequence
 
 import yaml
 
+from launch import extras
 from launch.cloud import cli, commands
 
 PROG = "python -m launch.cloud.vertex"
@@ -119,6 +120,7 @@ def gcloud_command(body: dict, *, project: str, region: str, config_file: str) -
 
 def authorized_session():
     """Application-default credentials (gcloud auth application-default login, or the VM's)."""
+    extras.check("google.auth", "requests")
     import google.auth
     from google.auth.transport.requests import AuthorizedSession
     credentials, _ = google.auth.default(
@@ -286,8 +288,8 @@ def wait(name: str, *, region: str, session, poll_seconds: float = 60.0, attempt
         sleep(poll_seconds)
 
 
-def parse_args(argv: Sequence[str]):
-    parser = cli.ArgumentParser(prog=PROG,
+def parse_args(argv: Sequence[str], *, prog: str = PROG):
+    parser = cli.ArgumentParser(prog=prog,
                                 description="Vertex AI CustomJobs for s2s-pipeline.")
     parser.add_argument("role", choices=["train", "evaluate"],
                         help="train: chief + workers; evaluate: the separate evaluator job.")
@@ -340,8 +342,8 @@ def body_from_args(args) -> dict:
     return evaluator_job(**common, final=args.final)
 
 
-def main(argv: Sequence[str]) -> None:
-    args = parse_args(argv)
+def main(argv: Sequence[str], *, prog: str = PROG) -> None:
+    args = parse_args(argv, prog=prog)
     body = body_from_args(args)
     if args.dry_run:
         if args.format == "gcloud":
