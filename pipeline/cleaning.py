@@ -12,7 +12,7 @@ from typing import Optional
 
 import apache_beam as beam
 
-from pipeline import features, sources
+from pipeline import features, progress, sources
 from pipeline import stats as stats_lib
 from pipeline.batches import count_into_metrics, pack, unpack
 
@@ -135,6 +135,7 @@ class CleanPairs(beam.DoFn):
         for split, count in read.items():
             counts[(split, stats_lib.READ)] += count
         count_into_metrics(counts)
+        progress.note("cleaned", len(kept))
         if kept:
             yield kept
         if dead:

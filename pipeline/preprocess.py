@@ -26,7 +26,7 @@ import apache_beam as beam
 from absl import app, flags, logging
 from apache_beam.options.pipeline_options import PipelineOptions, StandardOptions
 
-from pipeline import features, sources, transforms
+from pipeline import features, progress, sources, transforms
 from pipeline import request as request_lib
 from pipeline import tokenizer as tokenizer_lib
 
@@ -193,6 +193,7 @@ def preprocess_or_reuse(*, pipeline_options: PipelineOptions,
                         **job) -> tuple[dict, Optional[str]]:
     """As preprocess; also returns the one-line note when an earlier run was reused, or None."""
     pipeline = beam.Pipeline(options=pipeline_options)
+    progress.reset()
     earlier_stamp = _completed_stamp(job.get("output_dir"))
     try:
         build_pipeline(pipeline, **job)

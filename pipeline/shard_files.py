@@ -19,10 +19,11 @@ from typing import Iterable, Iterator
 import google_crc32c
 import tensorflow as tf
 
-from pipeline import external_sort
+from pipeline import external_sort, progress
 from pipeline import stats as stats_lib
 
 _WRITE_BYTES = 1 << 20  # records are joined into writes of about this size
+PROGRESS_RECORDS = 4096  # written records are reported to the progress line in these steps
 _UINT64 = struct.Struct("<Q")
 _UINT32 = struct.Struct("<I")
 
@@ -101,6 +102,8 @@ def write_shard(path: str, *, split: str, batches: Iterable[tuple],
             previous = (pair_id, where)
             input_lengths.append(input_len)
             target_lengths.append(target_len)
+            if len(input_lengths) % PROGRESS_RECORDS == 0:
+                progress.note("written", PROGRESS_RECORDS)
             yield example
 
     temp = temp_name(path)
@@ -108,6 +111,7 @@ def write_shard(path: str, *, split: str, batches: Iterable[tuple],
                                     budget_bytes=sort_buffer_bytes) as items:
         _, sha256 = write_tfrecords(temp, unique_examples(items))
     tf.io.gfile.rename(temp, path, overwrite=True)
+    progress.note("written", len(input_lengths) % PROGRESS_RECORDS)
     counts = collections.Counter({(split, stats_lib.WRITTEN): len(input_lengths),
                                   (split, stats_lib.DROPPED, stats_lib.DUPLICATE): duplicates,
                                   (split, "input_tokens"): sum(input_lengths),

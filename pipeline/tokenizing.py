@@ -16,10 +16,10 @@ from typing import Mapping, Optional
 
 import apache_beam as beam
 
-from pipeline import features
+from pipeline import features, progress
 from pipeline import stats as stats_lib
 from pipeline import tokenizer as tokenizer_lib
-from pipeline.batches import PROGRESS_EVERY, count_into_metrics, pack
+from pipeline.batches import count_into_metrics, pack
 
 EXAMPLES, STATS = "examples", "stats"
 _DROPPED = stats_lib.DROPPED
@@ -124,9 +124,6 @@ class TokenizePairs(beam.DoFn):
     one element per shard the batch touches; shard = hash(pair_id) % num_shards[split].
     """
 
-    _processed = 0  # per worker process, for progress lines
-    _started = None
-
     def __init__(self, *, max_length: int, max_length_ratio: float,
                  num_shards: Mapping[str, int], tokenizer_settings: TokenizerSettings):
         self._tokenizer_settings = tokenizer_settings
@@ -182,7 +179,7 @@ class TokenizePairs(beam.DoFn):
         for key, items in by_shard.items():
             yield key, pack(items)
         yield beam.pvalue.TaggedOutput(STATS, dict(counts))
-        self._log_progress(len(batch))
+        progress.note("tokenized", sum(map(len, by_shard.values())))
 
     def _load(self, tokenizer: dict):
         """SentencePiece processors, loaded once per worker (the side input is re-read)."""
@@ -204,14 +201,3 @@ class TokenizePairs(beam.DoFn):
             else:
                 keep.append(pair)
         return keep
-
-    @classmethod
-    def _log_progress(cls, count: int) -> None:
-        if cls._started is None:
-            cls._started = time.monotonic()
-        before, cls._processed = cls._processed, cls._processed + count
-        if before // PROGRESS_EVERY != cls._processed // PROGRESS_EVERY:
-            elapsed = max(time.monotonic() - cls._started, 1e-9)
-            logging.info("progress: tokenized %d pairs in this worker (%.0f pairs/s)",
-                         cls._processed, cls._processed / elapsed)
-

@@ -25,7 +25,7 @@ from typing import Mapping, Optional, Sequence
 
 import apache_beam as beam
 
-from pipeline import cleaning, features, shard_files, tokenizing
+from pipeline import cleaning, features, progress, shard_files, tokenizing
 from pipeline import tokenizer as tokenizer_lib
 from pipeline.batches import PROGRESS_EVERY, pack, unpack
 from pipeline.cleaning import CleanPairs, SplitFractions, split_of
@@ -63,7 +63,6 @@ class ReadBatches(beam.DoFn):
 
     def process(self, unit):
         started, count, batch, size = time.monotonic(), 0, [], 0
-        next_log = 10 * PROGRESS_EVERY
         name = getattr(unit, "path", None) or unit
         batch_size, batch_bytes = self._batch_size, self._batch_bytes
         for record in unit.read():
@@ -71,13 +70,12 @@ class ReadBatches(beam.DoFn):
             size += len(record[3]) + (len(record[4]) if record[4] else 0)
             if len(batch) >= batch_size or size >= batch_bytes:
                 count += len(batch)
+                progress.note("read", len(batch))
                 yield pack(batch)
                 batch, size = [], 0
-                if count >= next_log:
-                    logging.info("progress: read %d records from %s", count, name)
-                    next_log += 10 * PROGRESS_EVERY
         if batch:
             count += len(batch)
+            progress.note("read", len(batch))
             yield pack(batch)
         elapsed = time.monotonic() - started
         log = logging.info if count >= PROGRESS_EVERY or elapsed > 10 else logging.debug

@@ -4,7 +4,9 @@ determinism across worker counts; output-dir safety; the CLI and Beam option pas
 import glob
 import hashlib
 import json
+import logging
 import os
+import re
 import struct
 import subprocess
 import sys
@@ -18,7 +20,7 @@ from absl import flags
 from apache_beam.options.pipeline_options import (DirectOptions, GoogleCloudOptions,
                                                   SetupOptions, StandardOptions)
 
-from pipeline import dataset, features, preprocess, sources, transforms
+from pipeline import dataset, features, preprocess, progress, sources, transforms
 from pipeline import tokenizer as tokenizer_lib
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -179,6 +181,25 @@ def test_carved_splits_name_their_inputs_in_order_without_line_counts(tmp_path):
         {"file": f"{root}/a.tsv", "records": None}, {"file": f"{root}/b.tsv", "records": None}]
     dev = read_split(str(tmp_path / "out"), "dev")
     assert dev and all(e[features.LINE] >= 1 for e in dev)
+
+
+def test_progress_lines_count_pairs_through_each_stage(corpus, tmp_path, monkeypatch, caplog):
+    monkeypatch.setattr(progress, "EVERY_SECONDS", 0.0)  # a line at every step
+    with caplog.at_level(logging.INFO):
+        metadata = run_job(tmp_path / "out", train=[f"tsv:{corpus}/train.tsv"],
+                           dev=[f"tsv:{corpus}/dev.tsv"], vocab_size=120, max_length=64)
+    lines = [r.getMessage() for r in caplog.records
+             if r.getMessage().startswith("preprocess: read ")]
+    totals = {}
+    for line in lines:
+        for stage in progress.STAGES:
+            totals[stage] = max(totals.get(stage, 0),
+                                int(re.search(rf"\b{stage} (\d+)", line).group(1)))
+    splits = metadata["splits"].values()
+    assert totals["read"] == sum(split["read"] for split in splits) == 47
+    assert totals["written"] == sum(split["written"] for split in splits)
+    assert totals["read"] > totals["cleaned"] >= totals["tokenized"] > totals["written"]
+    assert any(re.search(r"now tokenized \(\d+ pairs/s\)$", line) for line in lines)
 
 
 def test_dead_letters_name_file_line_and_raw_bytes(full_run, corpus):
