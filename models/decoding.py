@@ -27,6 +27,7 @@ allocates the rest. Outputs do not depend on the buffer length.
 """
 
 import math
+from typing import NamedTuple
 
 import tensorflow as tf
 
@@ -245,9 +246,31 @@ def greedy_decode(model, inputs, *, max_decode_length, max_lengths=None, cache_c
     return sequences, scores
 
 
+class BeamState(NamedTuple):
+    """The beam-search loop state (B sentences, K = beam_size, L = buffer length)."""
+    tokens: tf.Tensor  # [B * K] int32: each alive hypothesis' last token, the next input
+    cache: object  # the model's decoding cache, row b * K + k for hypothesis k of b
+    alive_seq: tf.Tensor  # [B, K, L] int32: alive hypotheses, pad_id after their end
+    alive_log_prob: tf.Tensor  # [B, K] float32; _NEG_INF for placeholder slots
+    alive_is_greedy: tf.Tensor  # [B, K] bool: the hypothesis greedy search would build
+    finished_seq: tf.Tensor  # [B, K, L] int32: finished hypotheses, best first
+    finished_score: tf.Tensor  # [B, K] float32 length-normalized; _NEG_INF when empty
+    done: tf.Tensor  # [B] bool: the sentence's finished set is frozen
+
+
+class Candidates(NamedTuple):
+    """One step's extensions of a sentence's alive hypotheses (C = 2 * K + 1: the top
+    2 * K, then the greedy extension)."""
+    log_prob: tf.Tensor  # [B, C] float32; _NEG_INF where the greedy one is a repeat
+    beam: tf.Tensor  # [B, C] int32: the alive slot it extends
+    token: tf.Tensor  # [B, C] int32: the token it appends
+    is_greedy: tf.Tensor  # [B, C] bool
+    seq: tf.Tensor  # [B, C, L] int32: the extended sequences
+
+
 def beam_search(model, inputs, *, beam_size, alpha, max_decode_length, max_lengths=None,
                 cache_chunk=32, length_bound=None):
-    """Batched beam search with GNMT length normalization.
+    """Batched beam search with GNMT length normalization; the best hypothesis per sentence.
 
     Each step ranks the 2 * beam_size best extensions of the alive hypotheses. Those
     among the top `beam_size` that end in EOS leave the beam: they join the sentence's
@@ -286,123 +309,166 @@ def beam_search(model, inputs, *, beam_size, alpha, max_decode_length, max_lengt
         tokens: [batch, max_decode_length] int32, ending with EOS then pad_id.
         scores: [batch] float32 length-normalized log-probabilities.
     """
+    tokens, scores = beam_search_nbest(
+        model, inputs, beam_size=beam_size, alpha=alpha, max_decode_length=max_decode_length,
+        max_lengths=max_lengths, cache_chunk=cache_chunk, length_bound=length_bound)
+    return tokens[:, 0], scores[:, 0]
+
+
+def beam_search_nbest(model, inputs, *, beam_size, alpha, max_decode_length,
+                      max_lengths=None, cache_chunk=32, length_bound=None):
+    """`beam_search`, returning each sentence's finished set instead of its best.
+
+    Returns:
+        tokens: [batch, beam_size, max_decode_length] int32, best first.
+        scores: [batch, beam_size] float32, descending; a slot the search did not fill (it
+            stopped once no alive hypothesis could beat its best) scores NO_HYPOTHESIS.
+    """
     config = model.config
     inputs = tf.convert_to_tensor(inputs, tf.int32)
     batch, beam, length = _static_batch(inputs), beam_size, max_decode_length
     phases = _phase_lengths(model, length, chunk=cache_chunk, bound=length_bound)
-    cache = model.init_cache(model.encode(inputs, training=False), phases[0], beam_size=beam)
-    # Beam-major offsets turn per-sentence beam indices into rows of the flat cache.
-    row_offsets = (tf.range(batch) * beam)[:, None]
-    # Candidates: the top 2 * beam, then the greedy extension. EOS may finish from the
-    # first `beam` of them (and from the greedy extension, wherever it ranks).
-    may_finish = tf.range(2 * beam + 1) < beam
     limits = _limits(max_lengths, batch, length)
     max_penalty = length_penalty(limits, alpha)  # [batch]: the penalty peaks at the limit
-
-    state = {
-        "tokens": tf.fill([batch * beam], config.bos_id),
-        "cache": cache,
-        "alive_seq": tf.fill([batch, beam, length], config.pad_id),
-        # Only beam 0 is real at first; the others are placeholders never chosen.
-        "alive_log_prob": tf.tile(tf.constant([[0.0] + [_NEG_INF] * (beam - 1)]),
-                                  [batch, 1]),
-        "alive_is_greedy": tf.tile(tf.range(beam)[None] < 1, [batch, 1]),
-        "finished_seq": tf.fill([batch, beam, length], config.pad_id),
-        "finished_score": tf.fill([batch, beam], _NEG_INF),
-        "done": tf.zeros([batch], tf.bool),
-    }
+    # Beam-major offsets turn per-sentence beam indices into rows of the flat cache.
+    row_offsets = (tf.range(batch) * beam)[:, None]
+    # EOS may finish a hypothesis from the first `beam` candidates, and from the greedy
+    # extension wherever it ranks.
+    may_finish = tf.range(2 * beam + 1) < beam
 
     def cond(i, state):
-        return tf.logical_not(tf.reduce_all(state["done"]))
+        return tf.logical_not(tf.reduce_all(state.done))
 
     def body(i, state):
-        logits, new_cache = model.decode_step(state["tokens"], state["cache"])
-        # Each beam's best 2 * beam extensions contain every extension that can make the
-        # sentence's top 2 * beam, so rank those instead of all beam * vocab.
-        row_log_prob, row_token = _top_log_probs(logits, config, k=2 * beam)
-        per_row = row_token.shape[-1]
-        row_log_prob = tf.reshape(row_log_prob, [batch, beam, per_row])
-        row_token = tf.reshape(row_token, [batch, beam, per_row])
-        candidates = tf.reshape(state["alive_log_prob"][:, :, None] + row_log_prob,
-                                [batch, beam * per_row])
-        # 2 * beam candidates always hold `beam` that do not end in EOS.
-        top_log_prob, top_index = tf.math.top_k(candidates, k=2 * beam)
-        top_beam = top_index // per_row
-        top_token = tf.gather(tf.reshape(row_token, [batch, beam * per_row]), top_index,
-                              batch_dims=1)
-
-        # The greedy hypothesis' next step (its beam's best token), appended unless it is
-        # already among the top.
-        has_greedy = tf.reduce_any(state["alive_is_greedy"], axis=1)
-        greedy_slot = tf.argmax(tf.cast(state["alive_is_greedy"], tf.int32), axis=1,
-                                output_type=tf.int32)
-        greedy_token = tf.gather(row_token[:, :, 0], greedy_slot, batch_dims=1)
-        greedy_log_prob = tf.gather(candidates, greedy_slot * per_row, batch_dims=1)
-        is_greedy = ((top_beam == greedy_slot[:, None]) & (top_token == greedy_token[:, None])
-                     & has_greedy[:, None])
-        append = has_greedy & tf.logical_not(tf.reduce_any(is_greedy, axis=1))
-        top_log_prob = tf.concat(
-            [top_log_prob, tf.where(append, greedy_log_prob, _NEG_INF)[:, None]], axis=1)
-        top_beam = tf.concat([top_beam, greedy_slot[:, None]], axis=1)
-        top_token = tf.concat([top_token, greedy_token[:, None]], axis=1)
-        is_greedy = tf.concat([is_greedy, append[:, None]], axis=1)
-
-        top_seq = _write_column(tf.gather(state["alive_seq"], top_beam, batch_dims=1),
-                                i, top_token)
-        ends = tf.equal(top_token, config.eos_id)
-
-        # Alive: the greedy extension plus the best others that did not just end.
-        rank = tf.where(ends, _NEG_INF, tf.where(is_greedy, -_NEG_INF, top_log_prob))
-        _, pick = tf.math.top_k(rank, k=beam)
-        alive_log_prob = tf.gather(top_log_prob, pick, batch_dims=1)
-        alive_is_greedy = tf.gather(is_greedy & tf.logical_not(ends), pick, batch_dims=1)
-        alive_seq = tf.gather(top_seq, pick, batch_dims=1)
-        tokens = tf.reshape(tf.gather(top_token, pick, batch_dims=1), [-1])
-        rows = tf.reshape(tf.gather(top_beam, pick, batch_dims=1) + row_offsets, [-1])
-        cache = model.reorder_cache(new_cache, rows)
-
-        # Finished: merge in the real candidates that just emitted EOS.
-        finishing = ends & (may_finish | is_greedy) & (top_log_prob > _NEG_INF / 2)
-        finishing &= tf.logical_not(state["done"])[:, None]
-        new_score = tf.where(finishing, top_log_prob / length_penalty(i + 1, alpha),
-                             _NEG_INF)
-        merged_score = tf.concat([state["finished_score"], new_score], axis=1)
-        merged_seq = tf.concat([state["finished_seq"], top_seq], axis=1)
-        finished_score, pick = tf.math.top_k(merged_score, k=beam)
-        finished_seq = tf.gather(merged_seq, pick, batch_dims=1)
-
+        logits, cache = model.decode_step(state.tokens, state.cache)
+        found = _extend(state, logits, config=config, step=i, batch=batch, beam=beam)
+        ends = tf.equal(found.token, config.eos_id)
+        alive = _next_alive(found, ends, beam=beam)
+        rows = tf.reshape(tf.gather(found.beam, alive.pick, batch_dims=1) + row_offsets, [-1])
+        finishing = (ends & (may_finish | found.is_greedy)
+                     & (found.log_prob > _NEG_INF / 2) & tf.logical_not(state.done)[:, None])
+        finished_seq, finished_score = _keep_best(
+            state.finished_seq, state.finished_score, found.seq,
+            tf.where(finishing, found.log_prob / length_penalty(i + 1, alpha), _NEG_INF),
+            beam=beam)
         # A sentence at its limit: its best alive hypothesis, truncated there, competes
         # as a finished one (as greedy search would return it), and the sentence is done.
-        expired = tf.logical_not(state["done"]) & (i + 1 >= limits)
-        best_alive = tf.argmax(alive_log_prob, axis=1, output_type=tf.int32)
-        truncated = tf.where(expired, tf.gather(alive_log_prob, best_alive, batch_dims=1)
-                             / max_penalty, _NEG_INF)
-        finished_score, pick = tf.math.top_k(
-            tf.concat([finished_score, truncated[:, None]], axis=1), k=beam)
-        finished_seq = tf.gather(
-            tf.concat([finished_seq, tf.gather(alive_seq, best_alive, batch_dims=1)[:, None]],
-                      axis=1), pick, batch_dims=1)
+        expired = tf.logical_not(state.done) & (i + 1 >= limits)
+        best_alive = tf.argmax(alive.log_prob, axis=1, output_type=tf.int32)
+        finished_seq, finished_score = _keep_best(
+            finished_seq, finished_score,
+            tf.gather(alive.seq, best_alive, batch_dims=1)[:, None],
+            tf.where(expired, tf.gather(alive.log_prob, best_alive, batch_dims=1)
+                     / max_penalty, _NEG_INF)[:, None], beam=beam)
+        done = state.done | expired | _settled(
+            alive.log_prob, alive.is_greedy, finished_score, max_penalty=max_penalty)
+        return i + 1, BeamState(
+            tokens=tf.reshape(alive.token, [-1]), cache=model.reorder_cache(cache, rows),
+            alive_seq=alive.seq, alive_log_prob=alive.log_prob,
+            alive_is_greedy=alive.is_greedy, finished_seq=finished_seq,
+            finished_score=finished_score, done=done)
 
-        # Log-probs only fall as hypotheses grow and the penalty peaks at the limit
-        # (alpha >= 0), so no alive hypothesis can score above this bound.
-        best_reachable = tf.reduce_max(alive_log_prob, axis=1) / max_penalty
-        full = (finished_score[:, -1] > _NEG_INF / 2) & tf.logical_not(
-            tf.reduce_any(alive_is_greedy, axis=1))
-        done = (state["done"] | expired | full
-                | (finished_score[:, 0] >= best_reachable))
-        return i + 1, {
-            "tokens": tokens, "cache": cache, "alive_seq": alive_seq,
-            "alive_log_prob": alive_log_prob, "alive_is_greedy": alive_is_greedy,
-            "finished_seq": finished_seq, "finished_score": finished_score, "done": done,
-        }
-
-    # Every sentence is done by its limit (<= the buffer length), so the best finished
-    # hypothesis is the answer.
+    state = _initial_state(model, inputs, batch=batch, beam=beam, length=length,
+                           cache_length=phases[0])
+    # Every sentence is done by its limit (<= the buffer length), so the finished set is
+    # the answer.
     _, state = _in_phases(model, cond, body, (tf.constant(0), state),
-                          cache_of=lambda v: v[1]["cache"],
-                          with_cache=lambda v, c: (v[0], dict(v[1], cache=c)),
+                          cache_of=lambda v: v[1].cache,
+                          with_cache=lambda v, c: (v[0], v[1]._replace(cache=c)),
                           phases=phases)
-    return state["finished_seq"][:, 0], state["finished_score"][:, 0]
+    return state.finished_seq, state.finished_score
+
+
+NO_HYPOTHESIS = _NEG_INF  # the score of an n-best slot beam search left empty
+
+
+def _initial_state(model, inputs, *, batch, beam, length, cache_length) -> BeamState:
+    """Beam 0 of each sentence starts at BOS; the others are placeholders never chosen."""
+    config = model.config
+    cache = model.init_cache(model.encode(inputs, training=False), cache_length,
+                             beam_size=beam)
+    return BeamState(
+        tokens=tf.fill([batch * beam], config.bos_id), cache=cache,
+        alive_seq=tf.fill([batch, beam, length], config.pad_id),
+        alive_log_prob=tf.tile(tf.constant([[0.0] + [_NEG_INF] * (beam - 1)]), [batch, 1]),
+        alive_is_greedy=tf.tile(tf.range(beam)[None] < 1, [batch, 1]),
+        finished_seq=tf.fill([batch, beam, length], config.pad_id),
+        finished_score=tf.fill([batch, beam], _NEG_INF),
+        done=tf.zeros([batch], tf.bool))
+
+
+def _extend(state: BeamState, logits, *, config, step, batch, beam) -> Candidates:
+    """The sentence's top 2 * beam extensions, plus the greedy hypothesis' next step
+    (appended unless it is already among them).
+
+    Each beam's best 2 * beam extensions contain every extension that can make the
+    sentence's top 2 * beam, so those are ranked instead of all beam * vocab; 2 * beam
+    candidates always hold `beam` that do not end in EOS.
+    """
+    row_log_prob, row_token = _top_log_probs(logits, config, k=2 * beam)
+    per_row = row_token.shape[-1]
+    row_token = tf.reshape(row_token, [batch, beam, per_row])
+    candidates = tf.reshape(state.alive_log_prob[:, :, None]
+                            + tf.reshape(row_log_prob, [batch, beam, per_row]),
+                            [batch, beam * per_row])
+    top_log_prob, top_index = tf.math.top_k(candidates, k=2 * beam)
+    top_beam = top_index // per_row
+    top_token = tf.gather(tf.reshape(row_token, [batch, beam * per_row]), top_index,
+                          batch_dims=1)
+
+    has_greedy = tf.reduce_any(state.alive_is_greedy, axis=1)
+    greedy_slot = tf.argmax(tf.cast(state.alive_is_greedy, tf.int32), axis=1,
+                            output_type=tf.int32)
+    greedy_token = tf.gather(row_token[:, :, 0], greedy_slot, batch_dims=1)
+    greedy_log_prob = tf.gather(candidates, greedy_slot * per_row, batch_dims=1)
+    is_greedy = ((top_beam == greedy_slot[:, None]) & (top_token == greedy_token[:, None])
+                 & has_greedy[:, None])
+    append = has_greedy & tf.logical_not(tf.reduce_any(is_greedy, axis=1))
+    token = tf.concat([top_token, greedy_token[:, None]], axis=1)
+    beam_of = tf.concat([top_beam, greedy_slot[:, None]], axis=1)
+    return Candidates(
+        log_prob=tf.concat([top_log_prob, tf.where(append, greedy_log_prob,
+                                                   _NEG_INF)[:, None]], axis=1),
+        beam=beam_of, token=token,
+        is_greedy=tf.concat([is_greedy, append[:, None]], axis=1),
+        seq=_write_column(tf.gather(state.alive_seq, beam_of, batch_dims=1), step, token))
+
+
+class _Alive(NamedTuple):
+    pick: tf.Tensor  # [B, K] int32: the candidates kept alive
+    log_prob: tf.Tensor  # [B, K] float32
+    is_greedy: tf.Tensor  # [B, K] bool
+    token: tf.Tensor  # [B, K] int32
+    seq: tf.Tensor  # [B, K, L] int32
+
+
+def _next_alive(found: Candidates, ends, *, beam) -> _Alive:
+    """The greedy extension plus the best others that did not just end."""
+    rank = tf.where(ends, _NEG_INF, tf.where(found.is_greedy, -_NEG_INF, found.log_prob))
+    _, pick = tf.math.top_k(rank, k=beam)
+
+    def gather(values):
+        return tf.gather(values, pick, batch_dims=1)
+
+    return _Alive(pick=pick, log_prob=gather(found.log_prob),
+                  is_greedy=gather(found.is_greedy & tf.logical_not(ends)),
+                  token=gather(found.token), seq=gather(found.seq))
+
+
+def _keep_best(seq, score, new_seq, new_score, *, beam):
+    """The `beam` best of a finished set [B, K(, L)] and new entries [B, N(, L)]."""
+    score, pick = tf.math.top_k(tf.concat([score, new_score], axis=1), k=beam)
+    return tf.gather(tf.concat([seq, new_seq], axis=1), pick, batch_dims=1), score
+
+
+def _settled(alive_log_prob, alive_is_greedy, finished_score, *, max_penalty):
+    """[B] bool: nothing alive can still beat the best finished hypothesis (log-probs only
+    fall as hypotheses grow and the penalty peaks at the limit, alpha >= 0), or the
+    finished set is full and the greedy hypothesis is in it."""
+    best_reachable = tf.reduce_max(alive_log_prob, axis=1) / max_penalty
+    full = (finished_score[:, -1] > _NEG_INF / 2) & tf.logical_not(
+        tf.reduce_any(alive_is_greedy, axis=1))
+    return full | (finished_score[:, 0] >= best_reachable)
 
 
 def sequence_log_probs(model, inputs, targets):

@@ -103,6 +103,35 @@ def test_wide_beam_finds_the_exhaustive_optimum(alpha):
         np.testing.assert_allclose(float(scores[sentence]), best_score, rtol=1e-5)
 
 
+def test_nbest_lists_distinct_hypotheses_best_first_with_their_true_scores():
+    steps, alpha = 4, 0.6
+    table = random_table(3, steps=steps)
+    model, inputs = TableModel(table), tf.zeros([3, 1], tf.int32)
+    tokens, scores = decoding.beam_search_nbest(model, inputs, beam_size=4, alpha=alpha,
+                                                max_decode_length=steps)
+    best, best_score = decoding.beam_search(model, inputs, beam_size=4, alpha=alpha,
+                                            max_decode_length=steps)
+    assert tokens.shape == [3, 4, steps] and scores.shape == [3, 4]
+    np.testing.assert_array_equal(tokens[:, 0], best)
+    np.testing.assert_array_equal(scores[:, 0], best_score)
+    filled = 0
+    for sentence in range(3):
+        row = scores[sentence].numpy()
+        assert list(row) == sorted(row, reverse=True)
+        seen = set()
+        for hypothesis, score in zip(tokens[sentence].numpy().tolist(), row):
+            if score <= decoding.NO_HYPOTHESIS / 2:
+                continue
+            filled += 1
+            words = [t for t in hypothesis if t != PAD]
+            assert tuple(words) not in seen
+            seen.add(tuple(words))
+            expected = (table_log_prob(table, sentence, words)
+                        / ((5.0 + len(words)) / 6.0) ** alpha)
+            assert score == pytest.approx(expected, rel=1e-5)
+    assert filled > 3  # some sentence has more than one hypothesis
+
+
 @pytest.mark.parametrize("seed", range(5))
 def test_beam_of_one_is_greedy_on_tables(seed):
     table = random_table(seed, batch=4, steps=7, vocab=6, scale=1.0)
