@@ -26,6 +26,7 @@ MANIFEST = export_layout.MANIFEST
 POINTER = export_layout.POINTER
 NotAnExportError = export_layout.NotAnExportError
 SAVED_MODEL_FORMAT = "s2s-pipeline translator"
+NBEST_SIGNATURE = "nbest"  # beside serving_default: every finished hypothesis, best first
 # What a root from before versioning held at its top (removed once a pointer is in force,
 # so nothing loads the stale model by mistake).
 LEGACY_ENTRIES = ("saved_model.pb", "fingerprint.pb", "variables", "assets")
@@ -55,22 +56,41 @@ class Translator(tf.Module):
     @tf.function(input_signature=[tf.TensorSpec([None], tf.string, name="inputs")])
     def translate(self, texts):
         """texts: [batch] string -> {"translations": [batch] string, "scores": [batch]}."""
+        tokens, scores = self._search(self._encode(texts))
+        return {"translations": self._detokenize(tokens), "scores": scores}
+
+    @tf.function(input_signature=[tf.TensorSpec([None], tf.string, name="inputs")])
+    def translate_nbest(self, texts):
+        """texts: [batch] string -> {"translations": [batch, beam_size] string, best
+        first, "scores": [batch, beam_size]}; a slot the search left empty (it stopped
+        once nothing could beat its best) is "" with score NO_HYPOTHESIS (-1e9)."""
+        tokens, scores = self._search(self._encode(texts), nbest=True)
+        shape = tf.shape(tokens)
+        texts = self._detokenize(tf.reshape(tokens, [shape[0] * shape[1], shape[2]]))
+        return {"translations": tf.reshape(texts, shape[:2]), "scores": scores}
+
+    def _encode(self, texts):
+        """[batch] string -> [batch, length] int32 source ids ending in EOS, cut to the
+        longest source the model was trained on."""
         config = self.model.config
         pieces = self.source_tokenizer.tokenize(texts)[:, : self.max_input_length - 1]
         eos = tf.fill([pieces.nrows(), 1], tf.cast(config.eos_id, pieces.dtype))
         ids = tf.concat([pieces, eos], axis=1).to_tensor(default_value=config.pad_id)
-        tokens, scores = self._search(tf.cast(ids, tf.int32))
-        keep = tf.logical_and(tokens != config.pad_id, tokens != config.eos_id)
-        ragged = tf.ragged.boolean_mask(tokens, keep)
-        return {"translations": self.target_tokenizer.detokenize(ragged), "scores": scores}
+        return tf.cast(ids, tf.int32)
 
-    def _search(self, ids):
+    def _detokenize(self, tokens):
+        """[rows, length] int32 output ids -> [rows] string, EOS and padding dropped."""
+        config = self.model.config
+        keep = tf.logical_and(tokens != config.pad_id, tokens != config.eos_id)
+        return self.target_tokenizer.detokenize(tf.ragged.boolean_mask(tokens, keep))
+
+    def _search(self, ids, *, nbest: bool = False):
         """Beam search with buffers for the batch's longest sentence limit (one traced
-        decoder for every length): [batch, length] tokens, [batch] scores. Each sentence
-        stops at the limit of its own length, as in the evaluator."""
+        decoder for every length): [batch(, beam), length] tokens, [batch(, beam)]
+        scores. Each sentence stops at the limit of its own length, as in the evaluator."""
         ids.set_shape([None, None])
         return decoding.length_bounded_beam_search(
-            self.model, ids, beam_size=self.beam_size, alpha=self.alpha,
+            self.model, ids, beam_size=self.beam_size, alpha=self.alpha, nbest=nbest,
             ratio=self.length_ratio, offset=self.length_offset, cap=self.max_decode_length)
 
 
@@ -86,7 +106,8 @@ def save_translator(model, *, saved_model_dir: str, source_model: bytes, target_
                             max_decode_length=max_decode_length, length_ratio=length_ratio,
                             length_offset=length_offset)
     tf.saved_model.save(translator, saved_model_dir,
-                        signatures={"serving_default": translator.translate})
+                        signatures={"serving_default": translator.translate,
+                                    NBEST_SIGNATURE: translator.translate_nbest})
     write_manifest(saved_model_dir, {
         "format": SAVED_MODEL_FORMAT,
         "vocabulary": vocabulary_info(model, source_model=source_model,
@@ -206,13 +227,18 @@ def remove_legacy_model(root: str) -> None:
     logging.info("removed the pre-versioning model at the top of %s", root)
 
 
-def load_translator(path: str):
-    """The serving signature of an export (root or model directory), loaded with
-    TensorFlow alone; refuses directories that are not our SavedModels."""
+def load_translator(path: str, *, signature: str = "serving_default"):
+    """A signature of an export (root or model directory; NBEST_SIGNATURE for n-best
+    lists), loaded with TensorFlow alone; refuses directories that are not our
+    SavedModels, and exports from before that signature existed."""
     directory = resolve(path)
     manifest = read_json(export_layout.join(directory, MANIFEST))
     if manifest.get("format", SAVED_MODEL_FORMAT) != SAVED_MODEL_FORMAT:
         raise NotAnExportError(f"{directory} is a {manifest['format']} export, not a "
                                "SavedModel (a CTranslate2 model loads with "
                                f"ctranslate2.Translator('{directory}'))")
-    return tf.saved_model.load(directory).signatures["serving_default"]
+    signatures = tf.saved_model.load(directory).signatures
+    if signature not in signatures:
+        raise NotAnExportError(f"{directory} has no {signature!r} signature (it has "
+                               f"{', '.join(sorted(signatures))}); export it again")
+    return signatures[signature]

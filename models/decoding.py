@@ -174,7 +174,7 @@ def _limits(max_lengths, batch, length):
 
 
 def length_bounded_beam_search(model, inputs, *, beam_size, alpha, ratio, offset, cap,
-                                cache_chunk=32):
+                                cache_chunk=32, nbest=False):
     """Beam search whose sentences each stop at `sentence_limits`, as the evaluator and
     the export both decode, so a sentence's output does not depend on its batch.
 
@@ -184,7 +184,9 @@ def length_bounded_beam_search(model, inputs, *, beam_size, alpha, ratio, offset
     decoder for every length.
 
     Returns:
-        tokens: [batch, buffer length] int32; scores: [batch] float32.
+        tokens: [batch, buffer length] int32; scores: [batch] float32. With nbest=True,
+        every finished hypothesis (`beam_search_nbest`): [batch, beam_size, buffer
+        length] and [batch, beam_size].
     """
     budget = dict(ratio=ratio, offset=offset, cap=cap)
     limits = sentence_limits(inputs, pad_id=model.config.pad_id, **budget)
@@ -192,9 +194,9 @@ def length_bounded_beam_search(model, inputs, *, beam_size, alpha, ratio, offset
         length = max_decode_length(inputs.shape[1], **budget)
     else:
         length = tf.maximum(tf.reduce_max(limits), 1)  # 1 for an empty batch
-    return beam_search(model, inputs, beam_size=beam_size, alpha=alpha,
-                       max_decode_length=length, max_lengths=limits,
-                       cache_chunk=cache_chunk, length_bound=int(cap))
+    search = beam_search_nbest if nbest else beam_search
+    return search(model, inputs, beam_size=beam_size, alpha=alpha, max_decode_length=length,
+                  max_lengths=limits, cache_chunk=cache_chunk, length_bound=int(cap))
 
 
 def greedy_decode(model, inputs, *, max_decode_length, max_lengths=None, cache_chunk=32,

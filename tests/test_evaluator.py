@@ -206,6 +206,29 @@ def test_exports_have_tf_servings_layout_and_a_string_signature(trained, tmp_pat
         "translations": (types_pb2.DT_STRING, [-1]), "scores": (types_pb2.DT_FLOAT, [-1])}
     served = tf.saved_model.load(os.path.join(root, highest)).signatures["serving_default"]
     assert served(inputs=tf.constant(["abc"]))["translations"].numpy().tolist() == [b"ABC"]
+    nbest = saved_model.meta_graphs[0].signature_def[export_lib.NBEST_SIGNATURE]
+    beam = export_lib.read_manifest(root)["beam_size"]  # one list entry per beam
+    assert {name: (t.dtype, [d.size for d in t.tensor_shape.dim])
+            for name, t in nbest.outputs.items()} == {
+        "translations": (types_pb2.DT_STRING, [-1, beam]), "scores": (types_pb2.DT_FLOAT,
+                                                                  [-1, beam])}
+
+
+def test_the_nbest_signature_lists_distinct_hypotheses_best_first(trained, tmp_path):
+    data_dir, workdir = trained
+    export = evaluator.export_checkpoint(workdir=workdir, data_dir=data_dir,
+                                         export_dir=str(tmp_path / "export"), beam_size=4)
+    best = export_lib.load_translator(export)
+    nbest = export_lib.load_translator(export, signature=export_lib.NBEST_SIGNATURE)
+    inputs = tf.constant(["abc", "hg fe", "a"])
+    one, lists = best(inputs=inputs), nbest(inputs=inputs)
+    assert lists["translations"].shape == lists["scores"].shape == [3, 4]
+    np.testing.assert_array_equal(lists["translations"][:, 0], one["translations"])
+    np.testing.assert_allclose(lists["scores"][:, 0], one["scores"], rtol=1e-6)
+    for texts, scores in zip(lists["translations"].numpy(), lists["scores"].numpy()):
+        real = [t for t, s in zip(texts, scores) if s > -1e8]
+        assert len(set(real)) == len(real) >= 1
+        assert list(scores) == sorted(scores, reverse=True)
 
 
 def test_teacher_forced_scores_are_the_per_token_loss_and_accuracy_of_every_pair(trained):
