@@ -21,7 +21,7 @@ PREPROCESS = [
     "google-cloud-storage>=2.18",
     "google-crc32c>=1.5",  # pipeline/shard_files.py frames TFRecords itself
 ]
-EVALUATE = ["sacrebleu>=2.4,<3"]
+EVALUATE = ["sacrebleu>=2.4,<3", "rouge-score>=0.1.2"]
 # s2s-export --format=ctranslate2 (launch/ctranslate2_export.py).
 CTRANSLATE2 = ["ctranslate2>=4.5,<5"]
 # launch/cloud: publishing to GCS and the manifests / job specs it prints (in the image).
@@ -60,6 +60,7 @@ setup(
             "s2s-export=launch.export:run",
             "s2s-translate=launch.translate:run",
             "s2s-local-cluster=launch.local_cluster:run",
+            "s2s-report=launch.report_main:run",
             "s2s-cloud=launch.cloud.main:run",
         ],
     },

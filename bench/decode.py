@@ -112,6 +112,7 @@ def real_data(args) -> dict:
     import tempfile
 
     from launch import evaluator
+    from launch import metrics as metrics_lib
 
     run = evaluator.load_run(workdir=args.workdir, data_dir=args.data_dir)
     checkpoint = tf.train.latest_checkpoint(os.path.join(args.workdir, "checkpoints"))
@@ -119,7 +120,7 @@ def real_data(args) -> dict:
     beam_size, alpha = run.config.decode.beam_size, run.config.decode.alpha
     search = evaluator.make_search(run, beam_size=beam_size, alpha=alpha,
                                    jit_compile=args.jit)
-    g2p = evaluator.is_g2p(run.metadata)
+    measured, _ = metrics_lib.run_metrics(run.config, run.metadata)
 
     def tokens_in(hypotheses):
         return sum(len(run.target_tokenizer.encode(h)) + 1 for h in hypotheses)  # + EOS
@@ -148,7 +149,8 @@ def real_data(args) -> dict:
     contenders = [("evaluator", hypotheses, evaluator_s), ("savedmodel", exported, export_s)]
     if args.ctranslate2:
         contenders.append(("ctranslate2", *ctranslate2_decode(run, sources, source_ids)))
-    scores = {name: evaluator.score(hyps, references, g2p=g2p) for name, hyps, _ in contenders}
+    scores = {name: metrics_lib.corpus_scores(hyps, references, metrics=measured)
+              for name, hyps, _ in contenders}
     figures = {"split": args.split, "sentences": len(sources),
                "identical_hypotheses": sum(a == b for a, b in zip(hypotheses, exported))}
     for name, hyps, seconds in contenders:

@@ -74,12 +74,21 @@ def get_config() -> ml_collections.ConfigDict:
 
     # Stop when a dev metric stops improving (launch/early_stopping.py). metric "" = off;
     # "dev_loss": the trainer measures teacher-forced dev cross-entropy at each checkpoint
-    # (single-process runs); bleu | chrf | wer | per | xent | token_accuracy: the separate
-    # `s2s-evaluate --split=dev` job measures it and writes the stop marker.
+    # (single-process runs); any metric config.eval measures (a decoded one, xent,
+    # token_accuracy): the separate `s2s-evaluate --split=dev` job measures it and writes
+    # the stop marker.
     config.early_stopping = ml_collections.ConfigDict()
     config.early_stopping.metric = ""
     config.early_stopping.patience = 5  # evaluations in a row without an improvement
     config.early_stopping.min_delta = 0.0  # an improvement must be larger than this
+
+    # What s2s-evaluate scores (launch/metrics.py): decoded metrics, comma-separated, from
+    # bleu, chrf, ter, rouge1, rouge2, rougeL, wer, per (the teacher-forced xent and
+    # token_accuracy come with every evaluation). select_on picks the exported checkpoint
+    # and is the default of --best_metric: "" = the first of metrics.
+    config.eval = ml_collections.ConfigDict()
+    config.eval.metrics = "bleu,chrf"
+    config.eval.select_on = ""
 
     config.decode = ml_collections.ConfigDict()
     config.decode.beam_size = 4

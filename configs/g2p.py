@@ -24,4 +24,7 @@ def get_config():
     config.train.num_steps = 5400
     config.train.checkpoint_every_steps = 900
     config.train.log_every_steps = 200
+    # Word and phoneme error rates (a word is right when it matches any pronunciation);
+    # the export is the lowest dev WER.
+    config.eval.metrics = "wer,per,bleu,chrf"
     return config

@@ -15,13 +15,13 @@ import dataclasses
 import json
 import os
 
+from launch import metrics as metrics_lib
 from launch import shared_files
 
 STOP_FILE = "STOP_TRAINING.json"
 TRAINER_METRIC = "dev_loss"  # measured by the trainer, teacher-forced, in nats per token
 # Decoded or teacher-forced metrics the evaluator measures; True where higher is better.
-EVALUATOR_METRICS = {"bleu": True, "chrf": True, "token_accuracy": True,
-                     "wer": False, "per": False, "xent": False}
+EVALUATOR_METRICS = metrics_lib.HIGHER_IS_BETTER
 
 
 @dataclasses.dataclass(frozen=True)

@@ -13,13 +13,11 @@ import json
 
 import tensorflow as tf
 
+from launch import metrics as metrics_lib
 from launch import shared_files
 
 METRICS_FILE = "metrics.jsonl"
-# Metrics a row can be selected by; True where higher is better.
-HIGHER_IS_BETTER = {"bleu": True, "chrf": True, "token_accuracy": True,
-                    "wer": False, "per": False, "xent": False}
-G2P_ONLY = ("wer", "per")
+HIGHER_IS_BETTER = metrics_lib.HIGHER_IS_BETTER  # what a row can be selected by
 
 
 class MetricsFileError(ValueError):
@@ -93,11 +91,8 @@ class BestMetric:
         return best
 
 
-def best_metric(name: str = "", *, g2p: bool) -> BestMetric:
-    """`name`, or by default the lowest word error rate for G2P, else the highest BLEU."""
-    name = name or ("wer" if g2p else "bleu")
-    if name not in HIGHER_IS_BETTER:
-        raise ValueError(f"best metric {name!r} is not one of {', '.join(HIGHER_IS_BETTER)}")
-    if name in G2P_ONLY and not g2p:
-        raise ValueError(f"best metric {name!r} is measured on grapheme-to-phoneme data only")
+def best_metric(name: str = "", *, metrics: tuple[str, ...]) -> BestMetric:
+    """`name`, or by default the first of the run's `metrics` (config.eval), with its
+    direction; MetricsError (a ValueError) when the evaluator does not measure it."""
+    name = metrics_lib.selection_metric(name, metrics=metrics)
     return BestMetric(name, HIGHER_IS_BETTER[name])

@@ -22,10 +22,11 @@ flags.DEFINE_integer("average_last", 1, "Score (and export) the mean weights of 
 flags.DEFINE_bool("export_best", None, "Export the best checkpoint (see --best_metric) as a "
                   "new version of the export root WORKDIR/export/best; default: only when "
                   "scoring the dev split.")
-flags.DEFINE_enum("best_metric", "", ["", "bleu", "chrf", "wer", "per", "xent",
-                                      "token_accuracy"],
-                  "What makes a checkpoint the best (wer, per, xent: lower is better); "
-                  "default: wer for grapheme-to-phoneme data, else bleu.")
+flags.DEFINE_enum("best_metric", "", ["", "bleu", "chrf", "ter", "rouge1", "rouge2", "rougeL",
+                                      "wer", "per", "xent", "token_accuracy"],
+                  "What makes a checkpoint the best (ter, wer, per, xent: lower is better); "
+                  "it must be measured (config.eval.metrics). Default: the run's "
+                  "config.eval.select_on, else the first of config.eval.metrics.")
 flags.DEFINE_string("strategy", "default", "Decode data-parallel over this strategy's "
                     "replicas: default | one_device | mirrored | tpu.")
 flags.DEFINE_string("tpu", "", "TPU name, or 'local' on a TPU VM (with --strategy=tpu).")

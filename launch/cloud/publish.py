@@ -32,14 +32,16 @@ import sys
 from typing import Sequence
 
 from launch import export_layout
+from launch import metrics as metrics_lib
 from launch.cloud import cli, files, local_bucket, model_card
 
 PROG = "python -m launch.cloud.publish"
 POINTER = "latest.json"
 CLAIM = "publisher.json"  # models/<N>/publisher.json: claims the number N
 EXPORT_MANIFEST = export_layout.MANIFEST  # in every exported model directory
-METRICS = ("bleu", "chrf", "wer", "per")
-LOWER_IS_BETTER = ("wer", "per")
+METRICS = tuple(metrics_lib.CORPUS_METRICS)
+LOWER_IS_BETTER = tuple(name for name, higher in metrics_lib.CORPUS_METRICS.items()
+                        if not higher)
 
 
 class PublishError(cli.LaunchError):
@@ -372,7 +374,7 @@ def parse_args(argv: Sequence[str], *, prog: str = PROG):
                         "gs://name), or a local directory (a path or file://path).")
     parser.add_argument("--prefix", default="", help="Folder inside the bucket.")
     parser.add_argument("--metric", choices=METRICS, default="bleu",
-                        help="Dev metric to compare (wer/per: lower is better).")
+                        help="Dev metric to compare (ter/wer/per: lower is better).")
     parser.add_argument("--max_attempts", type=int, default=5)
     parser.add_argument("--dev_sha256", default="", help="sha256 of the dev set the run was "
                         "scored on: recorded with the model, and compared before the scores.")
