@@ -18,7 +18,10 @@ $(STAMP): setup.py constraints.txt
 	$(PY) -m pip install --quiet -c constraints.txt -e '.[all]'
 	touch $(STAMP)
 
+# tests/test_report.py opens the evaluation report in headless Chromium (Debian's package).
 test: $(STAMP)
+	command -v chromium >/dev/null || (apt-get update && \
+	    DEBIAN_FRONTEND=noninteractive apt-get install -y chromium)
 	$(PY) -m pytest -q tests
 
 # The quickstart: CMUdict grapheme-to-phoneme with the bench-size Transformer, within 20

@@ -17,8 +17,8 @@ import tensorflow as tf
 from absl import logging
 
 from launch import (checkpoints, early_stopping, eval_lines, eval_records, export_lib,
-                    extras, replicated_search, shared_files, teacher_forcing, vocabulary,
-                    warm_start)
+                    extras, replicated_search, report, shared_files, teacher_forcing,
+                    vocabulary, warm_start)
 from launch import metrics as metrics_lib
 from launch import progress as progress_lib
 from models import decoding
@@ -287,6 +287,7 @@ class Evaluator:
                     in zip(text.sources, text.references, hypotheses)][:EXAMPLES]
         if recorded:
             self._write_summaries(row, examples)
+            report.refresh(workdir=self.workdir, data_dir=self.data_dir)
         self._log(row, recorded=recorded)
         row["recorded"] = recorded
         row["examples"] = examples

@@ -20,6 +20,7 @@ REQUIRED = {
     "s2s-export": [f"--workdir={MISSING}/w", f"--data_dir={MISSING}",
                    f"--export_dir={MISSING}/e"],
     "s2s-translate": [f"--model={MISSING}/e"],
+    "s2s-report": [f"--workdir={MISSING}/w"],
 }
 MISTAKES = {
     "unknown flag": lambda required: [*required, "--no_such_flag=1"],
