@@ -38,7 +38,7 @@ setup(
     name="s2s-pipeline",
     version="0.1.0",
     description="Distributed TPU/GPU training pipeline for sequence-to-sequence models in TensorFlow.",
-    python_requires=">=3.10",
+    python_requires=">=3.11",
     packages=find_packages(include=["pipeline", "models", "launch", "launch.*", "configs"]),
     package_data={"launch.cloud": ["k8s/*.yaml", "retrain.example.json"]},
     install_requires=CORE,
