@@ -1,5 +1,5 @@
 # One image for every job and launcher: s2s-preprocess, s2s-train, s2s-evaluate and
-# `python -m launch.cloud.*` (Vertex AI, Kubernetes, TPU VM, Dataflow, retraining steps).
+# s2s-cloud (`python -m launch.cloud.*`) (Vertex AI, Kubernetes, TPU VM, Dataflow, retraining steps).
 # There is no ENTRYPOINT: each launcher passes the whole command.
 #
 # Build and push from the repository root (Artifact Registry shown):

@@ -3,7 +3,7 @@
 Sized to finish within 2 hours on 2 CPU cores with AVX512_BF16 (85.5 min of training
 measured; float32 on an AVX2-only CPU needs about 2.2 hours). It keeps dropout 0.1 for
 its many epochs. Measured: test WER 28.5%, dev 27.6%, about a point better than the
-5400-step demo and short of the 25% target. Dropout 0.2 did worse (14k float32 steps:
+5400-step demo (docs/g2p-tuning.md has every run). Dropout 0.2 did worse (14k float32 steps:
 test WER 34.5%): the model underfits. Twice the width (d_model 256, ffn 1024, peak 2e-3)
 for 21k AMX bfloat16 steps (98 min) did not help either: test WER 30.6%, dev 29.0%, its
 train loss level with this model's; nor did every pronunciation in train (`cmudict:all`:
