@@ -72,6 +72,19 @@ def get_config() -> ml_collections.ConfigDict:
     # carry theirs): move embedding and output rows by piece; new pieces start fresh.
     config.train.init_vocab_map = False
 
+    # Scheduled sampling (launch/scheduled_sampling.py): feed the decoder its own
+    # predictions in place of a growing fraction of the gold previous tokens. schedule ""
+    # = off (teacher forcing) | linear | exponential | inverse_sigmoid, rising from 0 at
+    # start_step to max_probability (linear: over ramp_steps; exponential: k in (0, 1);
+    # inverse_sigmoid: k >= 1). mode: "argmax" or "sample" (from the softmax).
+    config.train.scheduled_sampling = ml_collections.ConfigDict()
+    config.train.scheduled_sampling.schedule = ""
+    config.train.scheduled_sampling.start_step = 0
+    config.train.scheduled_sampling.max_probability = 0.25
+    config.train.scheduled_sampling.ramp_steps = 1000
+    config.train.scheduled_sampling.k = 0.999
+    config.train.scheduled_sampling.mode = "argmax"
+
     # Stop when a dev metric stops improving (launch/early_stopping.py). metric "" = off;
     # "dev_loss": the trainer measures teacher-forced dev cross-entropy at each checkpoint
     # (single-process runs); any metric config.eval measures (a decoded one, xent,

@@ -21,9 +21,9 @@ import tensorflow as tf
 from absl import logging
 
 import models
-from launch import (checkpoints, early_stopping, optim, precision, shared_files,
-                    strategy as strategy_lib, teacher_forcing, vocab_map, vocabulary,
-                    warm_start)
+from launch import (checkpoints, early_stopping, optim, precision, scheduled_sampling,
+                    shared_files, strategy as strategy_lib, teacher_forcing, vocab_map,
+                    vocabulary, warm_start)
 from pipeline import dataset, features, tokenizer as tokenizer_lib
 
 MIXED_PRECISION = precision.POLICIES + (precision.AUTO,)
@@ -78,6 +78,8 @@ def validate_config(config) -> None:
         raise ValueError(f"config.data.bucket_boundaries must be positive: "
                          f"{data.bucket_boundaries}")
     early_stopping.policy_from_config(config)
+    if "scheduled_sampling" in train:
+        scheduled_sampling.validate(train.scheduled_sampling)
     # Building the model config catches bad model names and hyperparameters now.
     model_config = config.model.copy_and_resolve_references()
     model_config.unlock()
@@ -254,7 +256,7 @@ class Trainer:
         targets = batch[features.TARGETS]
         pad_id = self.config.data.pad_id
         with tf.GradientTape() as tape:
-            hidden = self.model.decoder_hidden(batch, training=True)
+            hidden = self.model.decoder_hidden(batch, training=True, **self._sampling())
             if not self._static_shapes:
                 # Project only real target positions: the [tokens, vocab] logits are the
                 # step's largest tensor.
@@ -269,6 +271,15 @@ class Trainer:
         positions = tf.cast(tf.size(batch[features.TARGETS]) + tf.size(batch[features.INPUTS]),
                             tf.float32)
         return grads, tf.stack([loss_sum, tokens, source_tokens, positions])
+
+    def _sampling(self) -> dict:
+        """decoder_hidden's `sampling` argument for this step, none when it is off."""
+        settings = self.config.train.get("scheduled_sampling")
+        if settings is None or not settings.schedule:
+            return {}
+        replica = tf.distribute.get_replica_context().replica_id_in_sync_group
+        return {"sampling": scheduled_sampling.for_step(
+            self.step, settings, seed=self.config.train.seed, replica=replica)}
 
     def _replica_step(self, micro_batches):
         grads, sums = None, None

@@ -1,32 +1,85 @@
-"""s2s-translate: lines from a file or stdin -> translations on stdout, line for line.
+"""s2s-translate: lines from a file or stdin -> translations, line for line, in input order.
+
+Output line i answers input line i (lines end at "\\n" only; a trailing "\\r" is
+dropped). With --scores a line is `SCORE<TAB>TRANSLATION`: SCORE is the SavedModel's
+"scores", the length-normalized log-probability of the translation (<= 0, higher is
+better) with 4 decimals; split at the first tab. A blank input line is not sent to the
+model (given "" it decodes from a lone EOS and makes up a sentence): its output is an
+empty translation with score 0.0000.
 
 Lines are read in windows of --window, translated in batches of similar length (a batch
 runs until its longest sentence is done, so mixing lengths wastes most of it), and
-written back in input order.
+written back in input order. --output=FILE is written to a temp file beside FILE and
+renamed onto it at the end, so a failed or interrupted run leaves FILE as it was.
+
+An --input file of more than PROGRESS_MIN_LINES lines gets progress lines on stderr
+(`s2s-translate: 1200/5000 lines (85.3 lines/s, ETA 45 s)`) at most every
+--progress_seconds, then a summary line; stdin and small files stay quiet.
 """
 
+import contextlib
+import os
 import sys
+import time
+import uuid
 
 from absl import app, flags
 
 from launch import absl_cli
 
+PROG = "s2s-translate"
+PROGRESS_MIN_LINES = 300  # smaller inputs finish before a progress line would help
+
 flags.DEFINE_string("model", None, "An export root (s2s-evaluate's WORKDIR/export/best or "
                     "s2s-export's --export_dir: follows its current.json) or a SavedModel "
                     "directory written by either.")
-flags.DEFINE_string("input", "-", "Input file, one sentence per line; '-' reads stdin.")
-flags.DEFINE_integer("batch_size", 32, "Sentences per call to the SavedModel.")
+flags.DEFINE_string("input", "-", "Input file, one sentence per line (UTF-8); '-' reads "
+                    "stdin.")
+flags.DEFINE_string("output", "-", "Output file, one translation per input line; written "
+                    "to a temp file beside it and renamed at the end. '-' writes stdout.")
+flags.DEFINE_boolean("scores", False, "Write `SCORE<TAB>TRANSLATION` lines: SCORE is the "
+                     "translation's length-normalized log-probability (<= 0, higher is "
+                     "better) with 4 decimals; 0.0000 for a blank input line.")
+flags.DEFINE_integer("batch_size", 32, "Sentences per call to the SavedModel.", lower_bound=1)
 flags.DEFINE_integer("window", 1024, "Lines read before translating; they are batched by "
-                     "length within it. 1 translates each line as soon as it is read.")
+                     "length within it. 1 translates each line as soon as it is read.",
+                     lower_bound=1)
+flags.DEFINE_float("progress_seconds", 5.0, "Seconds between progress lines on stderr, "
+                   f"shown only for an --input file of more than {PROGRESS_MIN_LINES} "
+                   "lines; 0 turns them off.", lower_bound=0)
 flags.mark_flags_as_required(["model"])
 FLAGS = flags.FLAGS
 
 
+class InputError(ValueError):
+    """A line that cannot be read as text; the message names the file and line."""
+
+
+def read_lines(stream, *, name: str):
+    """The decoded lines of a binary stream without their endings. Splitting on b"\\n"
+    alone (not on a lone "\\r" as text mode does) keeps line i of the output on line i of
+    what `wc -l` and other tools count."""
+    for number, raw in enumerate(stream, 1):
+        try:
+            yield raw.rstrip(b"\r\n").decode("utf-8")
+        except UnicodeDecodeError as error:
+            raise InputError(f"{name} line {number} is not UTF-8: {error.reason}") from None
+
+
+def count_lines(path: str) -> int:
+    """Lines as read_lines splits them; one fast pass over the bytes."""
+    count, last = 0, b"\n"
+    with open(path, "rb") as f:
+        for chunk in iter(lambda: f.read(1 << 20), b""):
+            count, last = count + chunk.count(b"\n"), chunk[-1:]
+    return count + (last != b"\n")
+
+
 def windows(lines, size: int):
-    """The input lines without their newline, `size` at a time."""
+    """The lines, `size` at a time."""
     window = []
     for line in lines:
-        window.append(line.rstrip("\n"))
+        window.append(line)
         if len(window) == size:
             yield window
             window = []
@@ -40,41 +93,118 @@ def length_sorted_batches(texts: list[str], size: int) -> list[list[int]]:
     return [order[first:first + size] for first in range(0, len(order), size)]
 
 
-def translate_window(translate, texts: list[str], batch_size: int) -> list[str]:
-    """Translations of `texts`, in their order."""
+def translate_window(translate, texts: list[str], *, batch_size: int,
+                     on_done=None) -> list[tuple[str, float]]:
+    """(translation, score) of each of `texts`, in their order; blank texts skip the
+    model. `on_done(count)` hears of lines as they are finished."""
     import tensorflow as tf
 
-    out = [""] * len(texts)
-    for rows in length_sorted_batches(texts, batch_size):
-        outputs = translate(inputs=tf.constant([texts[i] for i in rows]))["translations"]
-        for index, text in zip(rows, outputs.numpy()):
-            out[index] = text.decode("utf-8")
+    out = [("", 0.0)] * len(texts)
+    todo = [i for i, text in enumerate(texts) if text.strip()]
+    on_done = on_done or (lambda count: None)
+    on_done(len(texts) - len(todo))
+    for batch in length_sorted_batches([texts[i] for i in todo], batch_size):
+        rows = [todo[i] for i in batch]
+        result = translate(inputs=tf.constant([texts[i] for i in rows]))
+        for index, text, score in zip(rows, result["translations"].numpy(),
+                                      result["scores"].numpy()):
+            out[index] = (text.decode("utf-8"), float(score))
+        on_done(len(rows))
     return out
+
+
+def format_line(translation: str, score: float, *, scores: bool) -> str:
+    return f"{score:.4f}\t{translation}\n" if scores else translation + "\n"
+
+
+class Progress:
+    """`s2s-translate: DONE/TOTAL lines (R lines/s, ETA S s)` on stderr at most every
+    `every` seconds, then a summary: a long file shows it is moving and when it ends."""
+
+    def __init__(self, total: int, *, every: float):
+        self.total, self.every, self.done = total, every, 0
+        self.began = self.last = time.monotonic()
+
+    def add(self, count: int) -> None:
+        self.done += count
+        now = time.monotonic()
+        if now - self.last >= self.every and self.done < self.total:
+            rate = self.done / max(now - self.began, 1e-9)
+            print(f"{PROG}: {self.done}/{self.total} lines ({rate:.1f} lines/s, ETA "
+                  f"{(self.total - self.done) / max(rate, 1e-9):.0f} s)", file=sys.stderr,
+                  flush=True)
+            self.last = now
+
+    def finish(self) -> None:
+        seconds = time.monotonic() - self.began
+        print(f"{PROG}: {self.done} lines in {seconds:.1f} s "
+              f"({self.done / max(seconds, 1e-9):.1f} lines/s)", file=sys.stderr, flush=True)
+
+
+@contextlib.contextmanager
+def open_output(path: str):
+    """A binary stream for `path` ('-': stdout). A file is written under a temp name in
+    its directory and renamed onto `path` only when the block ends without an error."""
+    if path == "-":
+        yield sys.stdout.buffer
+        return
+    if os.path.isdir(path):
+        raise IsADirectoryError(21, "Is a directory", path)
+    temp = f"{path}.tmp-{uuid.uuid4().hex}"
+    try:
+        with open(temp, "xb") as f:
+            yield f
+        os.replace(temp, path)
+    finally:
+        with contextlib.suppress(FileNotFoundError):
+            os.remove(temp)
+
+
+def translate_stream(translate, lines, *, out, batch_size: int, window: int, scores: bool,
+                     progress: Progress | None = None) -> None:
+    """Writes a line to `out` (binary) for each of `lines`, a window at a time."""
+    on_done = progress.add if progress else None
+    for texts in windows(lines, window):
+        results = translate_window(translate, texts, batch_size=batch_size, on_done=on_done)
+        out.write("".join(format_line(text, score, scores=scores)
+                          for text, score in results).encode("utf-8"))
+        out.flush()
+    if progress:
+        progress.finish()
 
 
 def main(argv):
     del argv
     from launch import export_lib
+    stage = f"cannot read {FLAGS.input}"
     try:
-        translate = export_lib.load_translator(FLAGS.model)
-    except export_lib.NotAnExportError as error:
-        print(f"s2s-translate: error: {error}", file=sys.stderr)
-        sys.exit(2)
-    try:
-        stream = sys.stdin if FLAGS.input == "-" else open(FLAGS.input, encoding="utf-8")
+        if FLAGS.input == "-":
+            source, total = contextlib.nullcontext(sys.stdin.buffer), None
+        else:
+            source = open(FLAGS.input, "rb")
+            total = count_lines(FLAGS.input) if os.path.isfile(FLAGS.input) else None
+        stage = f"cannot write {FLAGS.output}"
+        with source as stream, open_output(FLAGS.output) as out:
+            stage = "cannot load the model"
+            translate = export_lib.load_translator(FLAGS.model)
+            stage = f"cannot write {FLAGS.output}"
+            show = FLAGS.progress_seconds > 0 and (total or 0) > PROGRESS_MIN_LINES
+            lines = read_lines(stream, name="stdin" if FLAGS.input == "-" else FLAGS.input)
+            translate_stream(translate, lines, out=out, batch_size=FLAGS.batch_size,
+                             window=FLAGS.window, scores=FLAGS.scores,
+                             progress=Progress(total, every=FLAGS.progress_seconds)
+                             if show else None)
+    except BrokenPipeError:  # a reader such as `head` stopped reading: stop quietly
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        sys.exit(1)
+    except (InputError, export_lib.NotAnExportError) as error:
+        absl_cli.fail(PROG, str(error))
     except OSError as error:
-        print(f"s2s-translate: error: cannot read {FLAGS.input}: {error.strerror}",
-              file=sys.stderr)
-        sys.exit(2)
-    with stream:
-        for window in windows(stream, max(1, FLAGS.window)):
-            translations = translate_window(translate, window, FLAGS.batch_size)
-            sys.stdout.write("".join(text + "\n" for text in translations))
-            sys.stdout.flush()
+        absl_cli.fail(PROG, f"{stage}: {error.strerror or error}")
 
 
 def run():
-    app.run(main, flags_parser=absl_cli.flags_parser("s2s-translate"))
+    app.run(main, flags_parser=absl_cli.flags_parser(PROG))
 
 
 if __name__ == "__main__":

@@ -12,6 +12,7 @@ computed in float32.
 """
 
 import math
+from typing import NamedTuple
 
 import keras
 import tensorflow as tf
@@ -75,6 +76,32 @@ def shift_right(targets, bos_id):
     """
     start = tf.fill([tf.shape(targets)[0], 1], tf.cast(bos_id, targets.dtype))
     return tf.concat([start, targets[:, :-1]], axis=1)
+
+
+class Sampling(NamedTuple):
+    """Scheduled sampling for one training step (Bengio et al. 2015): each gold previous
+    token is replaced by the model's own prediction with `probability`."""
+    probability: tf.Tensor  # scalar float32 in [0, 1]
+    seed: tf.Tensor  # [2] int32: stateless seed, so a resumed run draws the same coins
+    sample: bool = False  # draw from the softmax instead of taking the argmax
+
+
+def own_tokens(logits, sampling: Sampling):
+    """The model's tokens from its logits [..., vocab]: argmax or a draw; no gradient."""
+    logits = tf.stop_gradient(tf.cast(logits, tf.float32))
+    if not sampling.sample:
+        return tf.argmax(logits, axis=-1, output_type=tf.int32)
+    flat = tf.reshape(logits, [-1, tf.shape(logits)[-1]])
+    drawn = tf.random.stateless_categorical(flat, 1, seed=sampling.seed + 1,
+                                            dtype=tf.int32)
+    return tf.reshape(drawn, tf.shape(logits)[:-1])
+
+
+def sampling_coins(shape, sampling: Sampling):
+    """[batch, length] bool: where a gold previous token is replaced (never position 0,
+    which reads BOS)."""
+    coins = tf.random.stateless_uniform(shape, seed=sampling.seed) < sampling.probability
+    return coins & (tf.range(shape[1]) > 0)[None]
 
 
 class Dropout(keras.layers.Layer):

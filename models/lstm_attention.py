@@ -278,10 +278,13 @@ class LstmAttention(layers.VocabularyOutput, keras.Model):
             encoded[f"final_{name}"] = final
         return encoded
 
-    def decoder_hidden(self, features, training=False):
+    def decoder_hidden(self, features, training=False, sampling=None):
         """The teacher-forced pass up to (not including) `output_logits`.
 
-        Split out so a trainer can project only the real target positions.
+        Split out so a trainer can project only the real target positions. With
+        `sampling` (layers.Sampling), per-step scheduled sampling (Bengio et al. 2015):
+        at each step the previous gold token is replaced, where its coin says so, by the
+        model's own prediction from the previous step's output.
 
         Returns:
             [batch, T, hidden] attentional states in the compute dtype.
@@ -290,31 +293,36 @@ class LstmAttention(layers.VocabularyOutput, keras.Model):
         targets = tf.convert_to_tensor(features["targets"])
         decoder_inputs = layers.shift_right(targets, self.config.bos_id)
         embedded = self.dropout(self.target_embedding(decoder_inputs), training=training)
-        embedded = tf.transpose(embedded, [1, 0, 2])  # time-major for the scan
+        elems = {"embedding": tf.transpose(embedded, [1, 0, 2])}  # time-major for the scan
         memory = (encoded["memory"], self.attention.keys(encoded["memory"]),
                   encoded["source_mask"])
         states = self._initial_states(encoded)
-        batch = tf.shape(targets)[0]
+        batch, length = tf.shape(targets)[0], tf.shape(targets)[1]
         feed = tf.zeros([batch, self.config.hidden_dim], self.compute_dtype)
 
         gaps = len(self.decoder_cells) - 1
         if training and self.config.dropout > 0 and gaps:
-            ones = tf.ones([tf.shape(embedded)[0], gaps, batch, self.config.hidden_dim],
-                           self.compute_dtype)
-            masks = self.dropout(ones, training=True)
-        else:
-            masks = None
+            ones = tf.ones([length, gaps, batch, self.config.hidden_dim], self.compute_dtype)
+            elems["masks"] = self.dropout(ones, training=True)
+        if sampling is not None:
+            elems["coin"] = tf.transpose(layers.sampling_coins(tf.shape(targets), sampling))
+            elems["index"] = tf.range(length)
 
         def step(carry, elems):
             old_states, old_feed = carry
-            token_embedding, step_masks = elems if masks is not None else (elems, None)
-            unstacked = None if step_masks is None else tf.unstack(step_masks, num=gaps)
+            token_embedding = elems["embedding"]
+            if sampling is not None:  # the previous step's own token, where the coin says
+                own = layers.own_tokens(self.output_logits(old_feed),
+                                        sampling._replace(seed=sampling.seed + elems["index"]))
+                token_embedding = tf.where(elems["coin"][:, None],
+                                           tf.cast(self.target_embedding(own),
+                                                   token_embedding.dtype), token_embedding)
+            unstacked = (tf.unstack(elems["masks"], num=gaps) if "masks" in elems else None)
             new_feed, new_states = self._step(token_embedding, states=old_states,
                                               feed=old_feed, memory=memory,
                                               dropout_masks=unstacked)
             return new_states, new_feed
 
-        elems = (embedded, masks) if masks is not None else embedded
         _, attentional = tf.scan(step, elems, initializer=(states, feed))
         attentional = tf.transpose(attentional, [1, 0, 2])
         return self.dropout(attentional, training=training)

@@ -256,10 +256,13 @@ class Transformer(layers.VocabularyOutput, keras.Model):
             x = self.encoder_norm(x)
         return {"memory": x, "source_mask": mask}
 
-    def decoder_hidden(self, features, training=False):
+    def decoder_hidden(self, features, training=False, sampling=None):
         """The teacher-forced pass up to (not including) `output_logits`.
 
-        Split out so a trainer can project only the real target positions.
+        Split out so a trainer can project only the real target positions. With
+        `sampling` (layers.Sampling) it is the two-pass scheduled sampling of Mihaylova &
+        Liu (2019): a teacher-forced pass without dropout predicts every position, then
+        a second pass reads those predictions in place of a fraction of the gold tokens.
 
         Returns:
             [batch, T, d_model] in the compute dtype.
@@ -267,7 +270,17 @@ class Transformer(layers.VocabularyOutput, keras.Model):
         encoded = self.encode(features["inputs"], training=training)
         targets = tf.convert_to_tensor(features["targets"])
         decoder_inputs = layers.shift_right(targets, self.config.bos_id)
-        length = tf.shape(targets)[1]
+        if sampling is not None:
+            first = self.decoder_pass(encoded, decoder_inputs, training=False)
+            own = layers.shift_right(layers.own_tokens(self.output_logits(first), sampling),
+                                     self.config.bos_id)
+            decoder_inputs = tf.where(layers.sampling_coins(tf.shape(targets), sampling),
+                                      own, decoder_inputs)
+        return self.decoder_pass(encoded, decoder_inputs, training=training)
+
+    def decoder_pass(self, encoded, decoder_inputs, *, training=False):
+        """The decoder over given inputs [batch, T] int32 -> [batch, T, d_model]."""
+        length = tf.shape(decoder_inputs)[1]
         x = self._embed(self.target_embedding, decoder_inputs, positions=tf.range(length),
                         training=training)
         self_mask = layers.causal_mask(length)
