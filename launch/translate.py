@@ -12,6 +12,11 @@ runs until its longest sentence is done, so mixing lengths wastes most of it), a
 written back in input order. --output=FILE is written to a temp file beside FILE and
 renamed onto it at the end, so a failed or interrupted run leaves FILE as it was.
 
+With --nbest=K (at most the export's beam size) each input line gets up to K lines
+`LINE<TAB>SCORE<TAB>TRANSLATION`, best first, LINE its 1-based input line number (the
+SavedModel's "nbest" signature: the search's finished hypotheses, so sometimes fewer than
+K); a blank input line gets one line with an empty translation.
+
 An --input file of more than PROGRESS_MIN_LINES lines gets progress lines on stderr
 (`s2s-translate: 1200/5000 lines (85.3 lines/s, ETA 45 s)`) at most every
 --progress_seconds, then a summary line; stdin and small files stay quiet.
@@ -29,6 +34,7 @@ from launch import absl_cli
 
 PROG = "s2s-translate"
 PROGRESS_MIN_LINES = 300  # smaller inputs finish before a progress line would help
+EMPTY_SLOT = -1e8  # n-best scores at or below this are slots the search left empty
 
 flags.DEFINE_string("model", None, "An export root (s2s-evaluate's WORKDIR/export/best or "
                     "s2s-export's --export_dir: follows its current.json) or a SavedModel "
@@ -40,6 +46,10 @@ flags.DEFINE_string("output", "-", "Output file, one translation per input line;
 flags.DEFINE_boolean("scores", False, "Write `SCORE<TAB>TRANSLATION` lines: SCORE is the "
                      "translation's length-normalized log-probability (<= 0, higher is "
                      "better) with 4 decimals; 0.0000 for a blank input line.")
+flags.DEFINE_integer("nbest", 0, "Write up to this many hypotheses per input line, "
+                     "best first, as `LINE<TAB>SCORE<TAB>TRANSLATION` (LINE: the 1-based "
+                     "input line); at most the export's beam size. 0: the best only.",
+                     lower_bound=0)
 flags.DEFINE_integer("batch_size", 32, "Sentences per call to the SavedModel.", lower_bound=1)
 flags.DEFINE_integer("window", 1024, "Lines read before translating; they are batched by "
                      "length within it. 1 translates each line as soon as it is read.",
@@ -93,28 +103,39 @@ def length_sorted_batches(texts: list[str], size: int) -> list[list[int]]:
     return [order[first:first + size] for first in range(0, len(order), size)]
 
 
-def translate_window(translate, texts: list[str], *, batch_size: int,
-                     on_done=None) -> list[tuple[str, float]]:
-    """(translation, score) of each of `texts`, in their order; blank texts skip the
+def translate_window(translate, texts: list[str], *, batch_size: int, nbest: int = 0,
+                     on_done=None) -> list[list[tuple[str, float]]]:
+    """Per text, in their order, its (translation, score) list: the best only, or with
+    `nbest` up to that many (the nbest signature's filled slots). Blank texts skip the
     model. `on_done(count)` hears of lines as they are finished."""
     import tensorflow as tf
 
-    out = [("", 0.0)] * len(texts)
+    out = [[("", 0.0)] for _ in texts]
     todo = [i for i, text in enumerate(texts) if text.strip()]
     on_done = on_done or (lambda count: None)
     on_done(len(texts) - len(todo))
     for batch in length_sorted_batches([texts[i] for i in todo], batch_size):
         rows = [todo[i] for i in batch]
         result = translate(inputs=tf.constant([texts[i] for i in rows]))
-        for index, text, score in zip(rows, result["translations"].numpy(),
-                                      result["scores"].numpy()):
-            out[index] = (text.decode("utf-8"), float(score))
+        for index, found, scores in zip(rows, result["translations"].numpy(),
+                                        result["scores"].numpy()):
+            if nbest:
+                out[index] = [(text.decode("utf-8"), float(score))
+                              for text, score in zip(found[:nbest], scores[:nbest])
+                              if score > EMPTY_SLOT]
+            else:
+                out[index] = [(found.decode("utf-8"), float(scores))]
         on_done(len(rows))
     return out
 
 
-def format_line(translation: str, score: float, *, scores: bool) -> str:
-    return f"{score:.4f}\t{translation}\n" if scores else translation + "\n"
+def format_lines(number: int, results: list[tuple[str, float]], *, scores: bool,
+                 nbest: bool) -> str:
+    """The output lines of input line `number` (1-based)."""
+    if nbest:
+        return "".join(f"{number}\t{score:.4f}\t{text}\n" for text, score in results)
+    text, score = results[0]
+    return f"{score:.4f}\t{text}\n" if scores else text + "\n"
 
 
 class Progress:
@@ -161,16 +182,31 @@ def open_output(path: str):
 
 
 def translate_stream(translate, lines, *, out, batch_size: int, window: int, scores: bool,
-                     progress: Progress | None = None) -> None:
-    """Writes a line to `out` (binary) for each of `lines`, a window at a time."""
+                     nbest: int = 0, progress: Progress | None = None) -> None:
+    """Writes the output lines of each of `lines` to `out` (binary), a window at a time."""
     on_done = progress.add if progress else None
+    first = 1
     for texts in windows(lines, window):
-        results = translate_window(translate, texts, batch_size=batch_size, on_done=on_done)
-        out.write("".join(format_line(text, score, scores=scores)
-                          for text, score in results).encode("utf-8"))
+        results = translate_window(translate, texts, batch_size=batch_size, nbest=nbest,
+                                   on_done=on_done)
+        out.write("".join(format_lines(first + i, found, scores=scores, nbest=bool(nbest))
+                          for i, found in enumerate(results)).encode("utf-8"))
         out.flush()
+        first += len(texts)
     if progress:
         progress.finish()
+
+
+def load(model: str, *, nbest: int):
+    """The export's 1-best signature, or its n-best one when `nbest` fits its beam."""
+    from launch import export_lib
+    if not nbest:
+        return export_lib.load_translator(model)
+    beam = export_lib.read_manifest(model).get("beam_size", 0)
+    if nbest > beam:
+        raise export_lib.NotAnExportError(f"--nbest={nbest} is more than {model}'s beam "
+                                          f"size {beam}: export with --beam_size={nbest}")
+    return export_lib.load_translator(model, signature=export_lib.NBEST_SIGNATURE)
 
 
 def main(argv):
@@ -186,12 +222,12 @@ def main(argv):
         stage = f"cannot write {FLAGS.output}"
         with source as stream, open_output(FLAGS.output) as out:
             stage = "cannot load the model"
-            translate = export_lib.load_translator(FLAGS.model)
+            translate = load(FLAGS.model, nbest=FLAGS.nbest)
             stage = f"cannot write {FLAGS.output}"
             show = FLAGS.progress_seconds > 0 and (total or 0) > PROGRESS_MIN_LINES
             lines = read_lines(stream, name="stdin" if FLAGS.input == "-" else FLAGS.input)
             translate_stream(translate, lines, out=out, batch_size=FLAGS.batch_size,
-                             window=FLAGS.window, scores=FLAGS.scores,
+                             window=FLAGS.window, scores=FLAGS.scores, nbest=FLAGS.nbest,
                              progress=Progress(total, every=FLAGS.progress_seconds)
                              if show else None)
     except BrokenPipeError:  # a reader such as `head` stopped reading: stop quietly

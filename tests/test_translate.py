@@ -143,3 +143,32 @@ def test_a_bad_flag_is_one_error_line_and_exit_2(export, tmp_path, flag, message
     assert ours(result.stderr) == [f"s2s-translate: error: {message.format(tmp=tmp_path)}"]
     assert "Traceback" not in result.stderr and result.stdout == ""
     assert os.listdir(tmp_path) == []
+
+
+def test_nbest_lists_each_lines_hypotheses_best_first_numbered_by_input_line(export, tmp_path):
+    nbest = export_lib.load_translator(export, signature=export_lib.NBEST_SIGNATURE)
+    lines = SMALL[:3] + [""] + SMALL[3:5]
+    beam = export_lib.read_manifest(export)["beam_size"]
+    result = translate([f"--model={export}", f"--nbest={beam}", "--batch_size=2"],
+                       input="".join(line + "\n" for line in lines))
+    assert result.returncode == 0, result.stderr[-3000:]
+    rows = [line.split("\t") for line in result.stdout.splitlines()]
+    numbers = [int(number) for number, _, _ in rows]
+    assert sorted(set(numbers)) == list(range(1, len(lines) + 1)) and numbers == sorted(numbers)
+    assert [row[1:] for row in rows if row[0] == "4"] == [["0.0000", ""]]  # the blank line
+    for number, line in enumerate(lines, 1):
+        if not line:
+            continue
+        expected = nbest(inputs=tf.constant([line]))
+        want = [(t.decode(), round(float(s), 4)) for t, s in
+                zip(expected["translations"].numpy()[0], expected["scores"].numpy()[0])
+                if s > -1e8]
+        got = [(text, float(score)) for n, score, text in rows if int(n) == number]
+        assert [t for t, _ in got] == [t for t, _ in want]
+        assert [s for _, s in got] == pytest.approx([s for _, s in want], abs=1e-4)
+        assert [s for _, s in got] == sorted((s for _, s in got), reverse=True)
+    assert len(rows) > len(lines)  # some line has more than one hypothesis
+    too_many = translate([f"--model={export}", "--nbest=9"], input="abc\n")
+    assert too_many.returncode == 2 and ours(too_many.stderr) == [
+        f"s2s-translate: error: --nbest=9 is more than {export}'s beam size {beam}: export "
+        "with --beam_size=9"]
