@@ -74,17 +74,17 @@ def read_split(*, data_dir: str, split: str, metadata: dict, pad_id: int) -> Spl
 
 def in_input_order(examples: list[tuple], origins: list[dict]) -> list[tuple]:
     """`examples` sorted by (input, line), with a placeholder (source None) for every line
-    of an input the split owns whole (`records` known) that preprocessing dropped."""
+    of a listed input that preprocessing dropped. A split carved out of train lists none:
+    its examples are ordered by file name, then line."""
     rank = {entry["file"]: index for index, entry in enumerate(origins)}
     examples = sorted(examples, key=lambda e: (rank.get(e[0], len(rank)), e[0], e[1]))
     present: dict[str, set] = {}
     for example in examples:
         present.setdefault(example[0], set()).add(example[1])
     for entry in origins:
-        if entry.get("records") is not None:
-            seen = present.get(entry["file"], set())
-            examples += [(entry["file"], line, None, "", None)
-                         for line in range(1, entry["records"] + 1) if line not in seen]
+        seen = present.get(entry["file"], set())
+        examples += [(entry["file"], line, None, "", None)
+                     for line in range(1, entry["records"] + 1) if line not in seen]
     return sorted(examples, key=lambda e: (rank.get(e[0], len(rank)), e[0], e[1]))
 
 

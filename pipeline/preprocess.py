@@ -145,7 +145,7 @@ def build_pipeline(pipeline: beam.Pipeline, *, train: Sequence[str], dev: Sequen
             max_length_ratio=max_length_ratio,
             sources={split: spec_list for split, spec_list in specs.items() if spec_list},
             split_fractions=dict(split_fractions or {}) or None, request=request,
-            eval_origins={split: [unit.origin for unit in (units[split] or units["train"])]
+            eval_origins={split: [unit.origin for unit in units[split]]
                           for split in ("dev", "test")}),
         max_length_ratio=max_length_ratio, batch_size=batch_size)
     # The Reshuffle keeps a retried Publish from rerunning WriteMetadata, which would fill

@@ -1,7 +1,9 @@
 """Readers that turn every supported corpus into the same raw records.
 
 A SPEC names a corpus: `tsv:PATH`, `text:SRC_PATH,TGT_PATH`, `tfds:NAME[:SPLIT]`,
-`gettext:LANG` (or `gettext:PATH.mo`, globs allowed) and `cmudict`. `resolve_spec` runs on the
+`gettext:LANG` (or `gettext:PATH.mo`, globs allowed), `cmudict` and
+`docstrings:PACKAGE[,PACKAGE...]` (summary line <- body prose of the docstrings in the .py
+files of installed packages, read with `ast`, never imported). `resolve_spec` runs on the
 driver: it expands globs and checks that files exist (and that parallel files have equal line
 counts), so bad input fails with one clear message before any work starts. It returns small
 picklable read units; `unit.read()` runs on a Beam worker and yields `RawPair` records that
@@ -14,10 +16,13 @@ A line longer than MAX_LINE_BYTES (say, a file without newlines) is never held i
 it becomes one record marked line_too_long that keeps only its first bytes.
 """
 
+import ast
 import dataclasses
+import importlib.machinery
 import os
 import re
 import struct
+import warnings
 from typing import Iterator, NamedTuple, Optional, Union
 
 import tensorflow as tf
@@ -29,7 +34,13 @@ GETTEXT_HEADER = "gettext_header"  # the catalog's metadata entry (msgid "")
 GETTEXT_PLURAL = "gettext_plural"  # plural forms: no one-to-one pair
 GETTEXT_UNTRANSLATED = "gettext_untranslated"  # empty msgstr
 CMUDICT_ALTERNATE = "cmudict_alternate"  # "word(2)": a further pronunciation of a word
-READER_SKIP_REASONS = (GETTEXT_HEADER, GETTEXT_PLURAL, GETTEXT_UNTRANSLATED, CMUDICT_ALTERNATE)
+# A docstring that is not a one-line summary, a blank line and a body (one-liners included).
+DOCSTRING_NO_SPLIT = "docstring_no_split"
+# A docstring whose body has fewer than DOCSTRING_MIN_WORDS words of prose before its
+# first section (Args:, Parameters + underline, >>>, a list, a directive, ...).
+DOCSTRING_SHORT_BODY = "docstring_short_body"
+READER_SKIP_REASONS = (GETTEXT_HEADER, GETTEXT_PLURAL, GETTEXT_UNTRANSLATED, CMUDICT_ALTERNATE,
+                       DOCSTRING_NO_SPLIT, DOCSTRING_SHORT_BODY)
 # Marks of records skipped (and counted) only in train: in dev and test they are further
 # references of their source, so scoring accepts any of a word's pronunciations.
 TRAIN_ONLY_SKIP_REASONS = (CMUDICT_ALTERNATE,)
@@ -326,6 +337,118 @@ def cmudict_pair(line: str, *, split: str, origin: str, number: int,
 
 
 # --------------------------------------------------------------------------------------------
+# Docstrings of Python source files: the summary line is the target, the body's prose the
+# source (a summarization-shaped corpus that any Python install has).
+
+DOCSTRING_MIN_WORDS = 20  # body prose shorter than this is marked docstring_short_body
+# Further paragraphs join the source while it stays within this many words (the first
+# paragraph is always kept whole; preprocessing's --max_length has the last word).
+DOCSTRING_MAX_WORDS = 150
+# "Args:", "Call arguments:", "For example:": a Google-style section title or a lead-in.
+_SECTION_TITLE = re.compile(r"^[A-Z][\w ()`'/,.-]{0,40}:$")
+_UNDERLINE = re.compile(r"^([-=~^*#+])\1{2,}$")  # under a numpy/reST section title
+_NOT_PROSE = (">>>", "..", "```", ":", "@", "|", "+-", "$ ", "%", "#")
+_LIST_ITEM = re.compile(r"^([-*+\u2022]|\d{1,2}[.)]|\(\w\))\s")
+_DOCSTRING_OWNERS = (ast.Module, ast.ClassDef, ast.FunctionDef, ast.AsyncFunctionDef)
+
+
+@dataclasses.dataclass(frozen=True)
+class PythonDocstrings:
+    """(body prose, summary line) pairs from the docstrings of one Python source file.
+
+    The file is parsed with `ast`, never imported. Every module, class and function
+    docstring is one record, numbered by the line its string starts on, in line order.
+    See `docstring_pair` for what is kept; a file that does not parse is one malformed
+    record (a dead letter naming the file and line).
+    """
+    split: str
+    path: str
+
+    def read(self) -> Iterator[RawPair]:
+        with tf.io.gfile.GFile(self.path, "rb") as stream:
+            data = stream.read()
+        try:
+            with warnings.catch_warnings():  # e.g. SyntaxWarning: invalid escape sequence
+                warnings.simplefilter("ignore")
+                tree = ast.parse(data, filename=self.path)
+        except (SyntaxError, ValueError, RecursionError) as error:
+            number = getattr(error, "lineno", None) or 1
+            yield RawPair(self.split, self.path, number, data[:OVERLONG_PREFIX_BYTES], None,
+                          MALFORMED, f"{self.path}:{number}: not Python that parses: "
+                          f"{type(error).__name__}: {getattr(error, 'msg', error)}")
+            return
+        docstrings = []
+        for node in ast.walk(tree):
+            if isinstance(node, _DOCSTRING_OWNERS) and node.body:
+                first = node.body[0]
+                if (isinstance(first, ast.Expr) and isinstance(first.value, ast.Constant)
+                        and isinstance(first.value.value, str)):
+                    docstrings.append((first.lineno, ast.get_docstring(node, clean=True)))
+        for number, text in sorted(docstrings):
+            yield docstring_pair(text, split=self.split, origin=self.path, number=number)
+
+    @property
+    def origin(self) -> str:
+        """The origin its records carry."""
+        return self.path
+
+    def size_bytes(self) -> int:
+        return tf.io.gfile.stat(self.path).length
+
+
+def docstring_pair(text: str, *, split: str, origin: str, number: int) -> RawPair:
+    """A cleaned docstring (inspect.cleandoc) -> RawPair(source=body prose, target=summary).
+
+    The summary is the first line when a blank line follows it and a body follows that.
+    The body's prose runs from there up to the first section or non-prose block (a
+    "Title:" line, a title underlined with ---, >>>, "..", ```, an indented block, a list
+    item, a ":param" field), by whole paragraphs while within DOCSTRING_MAX_WORDS words
+    (the first always), ending after a paragraph that ends with a colon. Both sides are
+    whitespace-normalised. Otherwise the record is marked docstring_no_split or, with
+    under DOCSTRING_MIN_WORDS words of prose, docstring_short_body.
+    """
+    lines = text.splitlines()
+    if (len(lines) < 3 or not lines[0].strip() or lines[1].strip()
+            or _ends_prose(lines, 0)):
+        return RawPair(split, origin, number, " ".join(text.split()), None, DOCSTRING_NO_SPLIT)
+    summary = " ".join(lines[0].split())
+    paragraphs, current = [], []
+    words = 0
+    for index in range(2, len(lines) + 1):
+        line = lines[index] if index < len(lines) else ""
+        stop = bool(line.strip()) and _ends_prose(lines, index)
+        if line.strip() and not stop:
+            current.append(line)
+            continue
+        if current:  # a paragraph ends: at a blank line, a section or the end
+            paragraph = " ".join(" ".join(current).split())
+            count = len(paragraph.split())
+            if paragraphs and words + count > DOCSTRING_MAX_WORDS:
+                break
+            paragraphs.append(paragraph[:-1] if paragraph.endswith("::") else paragraph)
+            words += count
+            current = []
+            if paragraph.endswith(":"):  # a lead-in to code or a list
+                break
+        if stop:
+            break
+    body = " ".join(paragraphs)
+    if words < DOCSTRING_MIN_WORDS:
+        return RawPair(split, origin, number, body, summary, DOCSTRING_SHORT_BODY)
+    return RawPair(split, origin, number, body, summary)
+
+
+def _ends_prose(lines: list, index: int) -> bool:
+    """Whether lines[index] starts a section or a block that is not prose."""
+    line = lines[index]
+    stripped = line.strip()
+    following = lines[index + 1].strip() if index + 1 < len(lines) else ""
+    return bool(line[:1].isspace() or stripped.startswith(_NOT_PROSE)
+                or _SECTION_TITLE.match(stripped) or _UNDERLINE.match(stripped)
+                or _UNDERLINE.match(following) or _LIST_ITEM.match(stripped))
+
+
+# --------------------------------------------------------------------------------------------
 # The .mo binary format (GNU gettext): magic, revision, count N, offset of the original-string
 # table, offset of the translation table; each table holds N (length, offset) uint32 pairs.
 
@@ -395,7 +518,8 @@ def _to_utf8(text: bytes, charset: str) -> bytes:
 # --------------------------------------------------------------------------------------------
 # SPEC parsing (driver side)
 
-ReadUnit = Union[TsvFile, ParallelTextFiles, TfdsSplit, GettextCatalog, CmudictLexicon]
+ReadUnit = Union[TsvFile, ParallelTextFiles, TfdsSplit, GettextCatalog, CmudictLexicon,
+                 PythonDocstrings]
 
 
 def resolve_spec(spec: str, *, split: str, tfds_data_dir: Optional[str] = None,
@@ -412,9 +536,12 @@ def resolve_spec(spec: str, *, split: str, tfds_data_dir: Optional[str] = None,
         return [GettextCatalog(split, path) for path in _gettext_files(argument, spec, locale_dir)]
     if kind == "cmudict" and argument in ("", "all"):
         return [CmudictLexicon(split, all_pronunciations=argument == "all")]
+    if kind == "docstrings" and argument:
+        return [PythonDocstrings(split, path) for path in _python_files(argument, spec, split)]
     raise SourceError(
         f"bad source spec {spec!r}: expected tsv:PATH, text:SRC_PATH,TGT_PATH, "
-        "tfds:NAME[:SPLIT], gettext:LANG, cmudict or cmudict:all")
+        "tfds:NAME[:SPLIT], gettext:LANG, cmudict, cmudict:all or "
+        "docstrings:PACKAGE[,PACKAGE...]")
 
 
 def _match(pattern: str, spec: str) -> list:
@@ -484,6 +611,58 @@ def _gettext_files(argument: str, spec: str, locale_dir: str) -> list:
         if not paths:
             raise SourceError(f"{spec}: no gettext catalogs match {pattern}")
     return paths
+
+
+def _python_files(argument: str, spec: str, split: str) -> list:
+    """The .py files of each package named (PACKAGE, dotted.name or a directory path):
+    found on this interpreter's sys.path without importing anything, walked in sorted
+    order, each file once."""
+    if split != "train":  # records are numbered by source line, not 1..N
+        raise SourceError(
+            f"{spec}: docstrings can only be read as --train (carve dev and test out of it "
+            "with --split_fractions): its records are numbered by the line of each docstring, "
+            "so evaluation cannot lay them out as a file of its own")
+    paths, seen = [], set()
+    for name in argument.split(","):
+        name = name.strip()
+        if not name:
+            raise SourceError(f"bad source spec {spec!r}: empty package name")
+        found = sorted(path for location in _package_locations(name, spec)
+                       for path in _walk_python(location))
+        if not found:
+            raise SourceError(f"{spec}: no .py files in {name}")
+        paths += [path for path in found if not (path in seen or seen.add(path))]
+    return paths
+
+
+def _walk_python(location: str) -> Iterator[str]:
+    """The .py files under a directory (symlinked directories not followed), or the file."""
+    if os.path.isfile(location):
+        yield from [location] if location.endswith(".py") else []
+        return
+    for root, _, files in os.walk(location):
+        yield from (os.path.join(root, file) for file in files if file.endswith(".py"))
+
+
+def _package_locations(name: str, spec: str) -> list:
+    """Directories (or the one file) of a package, a module or a path; never imported."""
+    if os.sep in name or name.endswith(".py"):
+        if not os.path.exists(name):
+            raise SourceError(f"{spec}: no such file or directory: {name}")
+        return [name]
+    locations = None  # None: sys.path
+    for part in name.split("."):
+        found = importlib.machinery.PathFinder.find_spec(part, locations)
+        if found is None:
+            raise SourceError(f"{spec}: no package or module {name!r} on this interpreter's "
+                              "path (docstrings reads installed packages' .py files)")
+        if found.submodule_search_locations is not None:
+            locations = list(found.submodule_search_locations)
+        elif found.origin and found.origin.endswith(".py"):
+            locations = [found.origin]
+        else:
+            raise SourceError(f"{spec}: {name!r} has no Python source ({found.origin})")
+    return locations
 
 
 def _first_line(error: Exception) -> str:

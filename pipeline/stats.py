@@ -158,18 +158,16 @@ class OutputSettings:
     # What was asked for: settings, input identities and their fingerprint (preprocess.py
     # compares it with a rerun's to tell a retry of a finished run from a different job).
     request: Optional[Mapping] = None
-    # split -> the origins its dev/test examples come from, in input order (its own inputs,
-    # or train's when it is carved out of train): evaluation writes outputs in this order.
+    # split -> the inputs of an explicit dev/test split, in order (none when carved out of
+    # train): evaluation writes its outputs in this order.
     eval_origins: Optional[Mapping[str, list]] = None
 
 
 def split_origins(stats: Mapping, split: str, *, settings: OutputSettings) -> list:
-    """splits.<split>.origins: each input in order, with its record count (lines or
-    entries, kept or dropped) when the split is its own input; None when carved from train,
-    where only some of its lines belong to the split."""
-    own = split in settings.sources
-    return [{"file": origin,
-             "records": stats.get((split, ORIGIN_RECORDS, origin), 0) if own else None}
+    """splits.<split>.origins: the split's own inputs in order, each with its record count
+    (lines or entries, kept or dropped). Empty for a split carved out of train: its
+    examples are some of train's lines, ordered by file and line."""
+    return [{"file": origin, "records": stats.get((split, ORIGIN_RECORDS, origin), 0)}
             for origin in (settings.eval_origins or {}).get(split, ())]
 
 

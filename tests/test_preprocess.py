@@ -169,7 +169,7 @@ def test_a_pair_repeated_on_two_test_lines_is_kept_for_each_and_dropped_lines_co
     assert lines == [1, 2, 4]
 
 
-def test_carved_splits_name_their_inputs_in_order_without_line_counts(tmp_path):
+def test_carved_splits_keep_file_and_line_without_listing_train_inputs(tmp_path):
     root = tmp_path / "in"
     root.mkdir()
     good = good_pairs()
@@ -177,10 +177,12 @@ def test_carved_splits_name_their_inputs_in_order_without_line_counts(tmp_path):
     (root / "b.tsv").write_bytes(tsv(good[20:]))
     metadata = run_job(tmp_path / "out", train=[f"tsv:{root}/a.tsv", f"tsv:{root}/b.tsv"],
                        split_fractions={"dev": 0.2}, vocab_size=120)
-    assert metadata["splits"]["dev"]["origins"] == [
-        {"file": f"{root}/a.tsv", "records": None}, {"file": f"{root}/b.tsv", "records": None}]
+    assert metadata["splits"]["dev"]["origins"] == []  # ordered by file, then line
     dev = read_split(str(tmp_path / "out"), "dev")
-    assert dev and all(e[features.LINE] >= 1 for e in dev)
+    raw = {f"{root}/a.tsv": good[:20], f"{root}/b.tsv": good[20:]}
+    assert dev and all(
+        raw[e[features.ORIGIN].decode()][e[features.LINE] - 1][0]
+        == e[features.INPUTS_TEXT].decode() for e in dev)
 
 
 def test_progress_lines_count_pairs_through_each_stage(corpus, tmp_path, monkeypatch, caplog):

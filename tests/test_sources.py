@@ -272,3 +272,158 @@ def test_tfds_missing_dataset_or_split_is_one_clear_line(tfds_dir):
     with pytest.raises(sources.SourceError, match="cannot load TFDS dataset") as error:
         sources.resolve_spec("tfds:no_such_dataset_xyz", split="train", tfds_data_dir=tfds_dir)
     assert "\n" not in str(error.value)
+
+
+# A package of three files (and a non-Python one) for the docstrings reader.
+DOCSTRING_FILES = {
+    "__init__.py": '''"""Tools for testing the docstring reader.
+
+This module docstring has a body that is long enough to count as prose, because
+it keeps   going for more than twenty words in total across its lines.
+"""
+
+
+def one_liner():
+    """Only a summary line."""
+
+
+def short_body(x):
+    """Returns x.
+
+    Too short a body.
+
+    Args:
+      x: a value, words that do not count as prose here at all whatever they say.
+    """
+    def nested():
+        """Nested summary.
+
+        A nested function's docstring is read as well, numbered by the line its
+        string starts on, so records come in line order whatever the nesting is.
+        """
+    return nested
+
+
+class Thing:
+    """A thing with two paragraphs.
+
+    First paragraph of the thing, which talks about it at some length so
+    that the words add up.
+
+    A second paragraph that continues the prose before a section begins.
+    Args:
+      x: not prose.
+    """
+
+    async def method(self):
+        """
+        Computes it asynchronously.
+
+        The summary may start on the line after the quotes; the body stops at
+        the first doctest line, which is not prose, and must still be long.
+        >>> Thing().method()
+        """
+''',
+    "sub/mod.py": '''"""A numpy-style module.
+
+Its prose stops at a title underlined with dashes, like numpy's Parameters,
+which is where the prose of a docstring ends and its reference part begins.
+
+Parameters
+----------
+x : int
+"""
+''',
+    "sub/broken.py": "def f(:\n    pass\n",
+    "sub/notes.txt": '"""Not Python.\n\nNever read, whatever it says here.\n"""\n',
+}
+
+
+def write_package(root):
+    for name, text in DOCSTRING_FILES.items():
+        path = root / "docpkg" / name
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_text(text)
+    return root / "docpkg"
+
+
+def test_docstrings_reader_pairs_body_prose_with_summary(tmp_path):
+    package = write_package(tmp_path)
+    units = sources.resolve_spec(f"docstrings:{package}", split="train")
+    init, broken, mod = (str(package / name)
+                         for name in ("__init__.py", "sub/broken.py", "sub/mod.py"))
+    assert [unit.origin for unit in units] == [init, broken, mod]  # sorted walk, .py only
+    records = read_all(units)
+    assert [(r.origin, r.number, r.source, r.target, r.problem) for r in records
+            if r.problem != sources.MALFORMED] == [
+        (init, 1, "This module docstring has a body that is long enough to count as prose, "
+                  "because it keeps going for more than twenty words in total across its "
+                  "lines.", "Tools for testing the docstring reader.", ""),
+        (init, 9, "Only a summary line.", None, "docstring_no_split"),
+        (init, 13, "Too short a body.", "Returns x.", "docstring_short_body"),
+        (init, 21, "A nested function's docstring is read as well, numbered by the line its "
+                   "string starts on, so records come in line order whatever the nesting is.",
+         "Nested summary.", ""),
+        (init, 30, "First paragraph of the thing, which talks about it at some length so "
+                   "that the words add up. A second paragraph that continues the prose "
+                   "before a section begins.", "A thing with two paragraphs.", ""),
+        (init, 41, "The summary may start on the line after the quotes; the body stops at "
+                   "the first doctest line, which is not prose, and must still be long.",
+         "Computes it asynchronously.", ""),
+        (mod, 1, "Its prose stops at a title underlined with dashes, like numpy's "
+                 "Parameters, which is where the prose of a docstring ends and its "
+                 "reference part begins.", "A numpy-style module.", ""),
+    ]
+    (bad,) = [r for r in records if r.problem == sources.MALFORMED]
+    assert (bad.origin, bad.number, bad.target) == (broken, 1, None)
+    assert bad.detail.startswith(f"{broken}:1: not Python that parses: SyntaxError")
+    assert {sources.DOCSTRING_NO_SPLIT, sources.DOCSTRING_SHORT_BODY} <= set(
+        sources.READER_SKIP_REASONS)
+    assert not {sources.DOCSTRING_NO_SPLIT, sources.DOCSTRING_SHORT_BODY} & set(
+        sources.TRAIN_ONLY_SKIP_REASONS)
+
+
+def test_docstrings_finds_packages_on_the_path_without_importing_them(tmp_path, monkeypatch):
+    package = write_package(tmp_path)
+    (package / "__init__.py").write_text(
+        DOCSTRING_FILES["__init__.py"] + "\nraise RuntimeError('imported')\n")
+    monkeypatch.syspath_prepend(str(tmp_path))
+    units = sources.resolve_spec("docstrings:docpkg.sub,docpkg", split="train")
+    assert [unit.path for unit in units] == [  # each file once, in the order named
+        str(package / "sub/broken.py"), str(package / "sub/mod.py"), str(package / "__init__.py")]
+    assert [r.number for r in units[2].read()] == [1, 9, 13, 21, 30, 41]
+    assert "docpkg" not in __import__("sys").modules
+
+
+@pytest.mark.parametrize("spec, split, message", [
+    ("docstrings:no_such_package_xyz", "train", "no package or module 'no_such_package_xyz'"),
+    ("docstrings:/no/such/dir", "train", "no such file or directory: /no/such/dir"),
+    ("docstrings:", "train", "bad source spec"),
+    ("docstrings:docpkg,", "train", "empty package name"),
+    ("docstrings:docpkg", "test", "can only be read as --train"),
+])
+def test_docstrings_bad_specs_name_the_problem(tmp_path, monkeypatch, spec, split, message):
+    write_package(tmp_path)
+    monkeypatch.syspath_prepend(str(tmp_path))
+    with pytest.raises(sources.SourceError, match=message):
+        sources.resolve_spec(spec, split=split)
+
+
+def test_docstring_pair_keeps_whole_paragraphs_within_the_word_budget(monkeypatch):
+    monkeypatch.setattr(sources, "DOCSTRING_MIN_WORDS", 3)
+    monkeypatch.setattr(sources, "DOCSTRING_MAX_WORDS", 8)
+
+    def pair(text):
+        record = sources.docstring_pair(text, split="train", origin="f.py", number=7)
+        return record.source, record.target, record.problem
+
+    assert pair("Sum.\n\none two three four five six\n\nseven eight nine\n") == (
+        "one two three four five six", "Sum.", "")  # the second would exceed 8 words
+    assert pair("Sum.\n\none two three four five six seven eight nine ten\n\nmore") == (
+        "one two three four five six seven eight nine ten", "Sum.", "")  # first whole
+    assert pair("Sum.\n\nUse it like so::\n\n    sum(x)\n\nmore prose here") == (
+        "Use it like so:", "Sum.", "")  # a lead-in ends the prose
+    assert pair("Sum.\n\none two three\n- a list item\n") == ("one two three", "Sum.", "")
+    assert pair("Summary that wraps\nonto a second line.\n\nBody words here.") == (
+        "Summary that wraps onto a second line. Body words here.", None, "docstring_no_split")
+    assert pair("Args:\n\n  x: y\n  z: w") == ("Args: x: y z: w", None, "docstring_no_split")
