@@ -84,7 +84,7 @@ def in_input_order(examples: list[tuple], origins: list[dict]) -> list[tuple]:
     for entry in origins:
         seen = present.get(entry["file"], set())
         examples += [(entry["file"], line, None, "", None)
-                     for line in range(1, entry["records"] + 1) if line not in seen]
+                     for line in range(1, (entry.get("records") or 0) + 1) if line not in seen]
     return sorted(examples, key=lambda e: (rank.get(e[0], len(rank)), e[0], e[1]))
 
 

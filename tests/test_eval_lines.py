@@ -21,8 +21,9 @@ def test_examples_are_put_in_input_order_with_dropped_lines_filled_in():
 
 def test_a_carved_split_keeps_its_lines_in_order_without_placeholders():
     examples = [("train.tsv", 40, "y", "Y", IDS), ("train.tsv", 7, "x", "X", IDS)]
-    ordered = eval_lines.in_input_order(examples, [])
-    assert [e[1] for e in ordered] == [7, 40]
+    for origins in ([], [{"file": "train.tsv", "records": None}]):  # None: no line count
+        ordered = eval_lines.in_input_order(examples, origins)
+        assert [e[1] for e in ordered] == [7, 40]
 
 
 def split_text():
