@@ -77,46 +77,15 @@ def in_input_order(examples: list[tuple], origins: list[dict]) -> list[tuple]:
     of a listed input that preprocessing dropped. A split carved out of train lists none:
     its examples are ordered by file name, then line."""
     rank = {entry["file"]: index for index, entry in enumerate(origins)}
-    examples = sorted(examples, key=lambda e: (rank.get(e[0], len(rank)), e[0], e[1]))
     present: dict[str, set] = {}
     for example in examples:
         present.setdefault(example[0], set()).add(example[1])
+    examples = list(examples)
     for entry in origins:
         seen = present.get(entry["file"], set())
         examples += [(entry["file"], line, None, "", None)
                      for line in range(1, (entry.get("records") or 0) + 1) if line not in seen]
     return sorted(examples, key=lambda e: (rank.get(e[0], len(rank)), e[0], e[1]))
-
-
-def sentence_scores(hypotheses: list[str], references: list[list[str]], *,
-                    g2p: bool) -> dict[str, list[float]]:
-    """Per distinct source, against all its references, as the corpus score counts them:
-    sentence chrF; for G2P the word error (0 or 100) and phoneme error rate."""
-    if not g2p:
-        import sacrebleu  # the [evaluate] extra
-        return {"chrf": [sacrebleu.sentence_chrf(h, refs).score
-                         for h, refs in zip(hypotheses, references)]}
-    edits = [closest_edits(h, refs) for h, refs in zip(hypotheses, references)]
-    return {"wer": [100.0 if distance else 0.0 for distance, _ in edits],
-            "per": [100.0 * distance / max(length, 1) for distance, length in edits]}
-
-
-def closest_edits(hypothesis: str, references: list[str]) -> tuple[int, int]:
-    """(phoneme edits, reference length) to the closest reference of a G2P hypothesis."""
-    phones = hypothesis.split()
-    return min((edit_distance(phones, ref), len(ref)) for ref in (r.split() for r in references))
-
-
-def edit_distance(a: list[str], b: list[str]) -> int:
-    """Levenshtein distance between two token lists."""
-    previous = list(range(len(b) + 1))
-    for i, x in enumerate(a, 1):
-        current = [i]
-        for j, y in enumerate(b, 1):
-            current.append(min(previous[j] + 1, current[j - 1] + 1,
-                               previous[j - 1] + (x != y)))
-        previous = current
-    return previous[-1]
 
 
 def line_hypotheses(text: SplitText, hypotheses: list[str]) -> list[str]:

@@ -327,7 +327,7 @@ class Evaluator:
                           hypotheses: list[str]) -> None:
         """hyp-<step>.txt and .tsv, a line per input line (launch/eval_lines.py)."""
         tf.io.gfile.makedirs(self.out_dir)
-        scores = eval_lines.sentence_scores(hypotheses, text.references,
+        scores = metrics_lib.sentence_scores(hypotheses, text.references,
                                             g2p="wer" in self.metrics
                                             or "per" in self.metrics)
         eval_lines.write_hypotheses(self.out_dir, step=step, text=text,

@@ -103,12 +103,42 @@ def rouge(hypotheses: list[str], references: list[list[str]], *, names) -> dict:
 def edit_rates(hypotheses: list[str], references: list[list[str]]) -> dict:
     """Word error rate (a hypothesis is wrong unless it equals a reference) and phoneme
     (token) error rate against the closest reference."""
-    from launch import eval_lines
     wrong = edits = length = 0
     for hypothesis, refs in zip(hypotheses, references):
-        distance, closest = eval_lines.closest_edits(hypothesis, refs)
+        distance, closest = closest_edits(hypothesis, refs)
         wrong += distance > 0
         edits += distance
         length += closest
     return {"wer": 100.0 * wrong / max(len(references), 1),
             "per": 100.0 * edits / max(length, 1)}
+
+
+def sentence_scores(hypotheses: list[str], references: list[list[str]], *,
+                    g2p: bool) -> dict[str, list[float]]:
+    """Per distinct source, against all its references, as the corpus score counts them:
+    sentence chrF; for G2P the word error (0 or 100) and phoneme error rate."""
+    if not g2p:
+        import sacrebleu  # the [evaluate] extra
+        return {"chrf": [sacrebleu.sentence_chrf(h, refs).score
+                         for h, refs in zip(hypotheses, references)]}
+    edits = [closest_edits(h, refs) for h, refs in zip(hypotheses, references)]
+    return {"wer": [100.0 if distance else 0.0 for distance, _ in edits],
+            "per": [100.0 * distance / max(length, 1) for distance, length in edits]}
+
+
+def closest_edits(hypothesis: str, references: list[str]) -> tuple[int, int]:
+    """(phoneme edits, reference length) to the closest reference of a G2P hypothesis."""
+    phones = hypothesis.split()
+    return min((edit_distance(phones, ref), len(ref)) for ref in (r.split() for r in references))
+
+
+def edit_distance(a: list[str], b: list[str]) -> int:
+    """Levenshtein distance between two token lists."""
+    previous = list(range(len(b) + 1))
+    for i, x in enumerate(a, 1):
+        current = [i]
+        for j, y in enumerate(b, 1):
+            current.append(min(previous[j] + 1, current[j - 1] + 1,
+                               previous[j - 1] + (x != y)))
+        previous = current
+    return previous[-1]

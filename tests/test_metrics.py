@@ -86,3 +86,13 @@ def test_the_config_chooses_the_metrics_not_the_data_source_name():
     old = ml_collections.ConfigDict({"model": {}})
     assert metrics.run_metrics(old, tsv) == (("bleu", "chrf"), "")
     assert metrics.run_metrics(old, {"sources": {"train": ["cmudict"]}})[0][0] == "wer"
+
+
+def test_sentence_scores_match_their_libraries_against_all_references():
+    hypotheses, references = ["HH AH L OW", "W ER D"], [["HH EH L OW", "HH AH L OW"],
+                                                        ["W ER L D"]]
+    g2p = metrics.sentence_scores(hypotheses, references, g2p=True)
+    assert g2p == {"wer": [0.0, 100.0], "per": [0.0, 25.0]}
+    mt = metrics.sentence_scores(["the cat sat"], [["the cat sat down", "a cat"]], g2p=False)
+    assert mt["chrf"][0] == pytest.approx(sacrebleu.sentence_chrf(
+        "the cat sat", ["the cat sat down", "a cat"]).score)
