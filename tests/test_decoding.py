@@ -4,15 +4,13 @@ import itertools
 import math
 import types
 
-import keras
 import numpy as np
 import pytest
 import tensorflow as tf
 
-import models
 from models import decoding
+from tiny_models import BOS, EOS, MODELS, PAD, VOCAB, build
 
-PAD, EOS, BOS = 0, 1, 2
 
 
 class TableModel:
@@ -160,22 +158,6 @@ def test_beam_never_scores_below_greedy_on_random_tables(alpha):
             beam_score = score(beam[sentence].numpy())
             np.testing.assert_allclose(float(beam_scores[sentence]), beam_score, rtol=1e-5)
             assert beam_score >= score(greedy[sentence].numpy()) - 1e-5, (seed, sentence)
-
-
-VOCAB = 23
-MODELS = {
-    "transformer": dict(name="transformer", num_encoder_layers=1, num_decoder_layers=2,
-                        d_model=16, num_heads=2, ffn_dim=32, dropout=0.1,
-                        attention_dropout=0.1),
-    "lstm_attention": dict(name="lstm_attention", num_encoder_layers=1, num_decoder_layers=2,
-                           embed_dim=8, hidden_dim=12, dropout=0.1),
-}
-
-
-def build(name):
-    keras.utils.set_random_seed(0)
-    return models.build_model(MODELS[name], source_vocab_size=VOCAB, target_vocab_size=VOCAB,
-                              pad_id=PAD, eos_id=EOS, bos_id=BOS)
 
 
 def sources(seed=0, rows=6, width=5):

@@ -1,36 +1,20 @@
 """Scheduled sampling: the schedules, teacher forcing at probability 0, own tokens at 1."""
 
-import keras
 import ml_collections
 import numpy as np
 import pytest
 import tensorflow as tf
 
-import models
 from configs import tiny
 from launch import scheduled_sampling, trainer
 from models import decoding, layers
-
-PAD, EOS, BOS, VOCAB = 0, 1, 2, 23
-MODELS = {
-    "transformer": dict(name="transformer", num_encoder_layers=1, num_decoder_layers=2,
-                        d_model=16, num_heads=2, ffn_dim=32, dropout=0.1,
-                        attention_dropout=0.1),
-    "lstm_attention": dict(name="lstm_attention", num_encoder_layers=1, num_decoder_layers=2,
-                           embed_dim=8, hidden_dim=12, dropout=0.1),
-}
+from tiny_models import BOS, EOS, MODELS, PAD, VOCAB, build
 
 
 def settings(**overrides):
     base = dict(schedule="linear", start_step=100, max_probability=0.5, ramp_steps=200,
                 k=0.99, mode="argmax")
     return ml_collections.ConfigDict({**base, **overrides})
-
-
-def build(name):
-    keras.utils.set_random_seed(0)
-    return models.build_model(MODELS[name], source_vocab_size=VOCAB, target_vocab_size=VOCAB,
-                              pad_id=PAD, eos_id=EOS, bos_id=BOS)
 
 
 def batch(seed=0, rows=4):
