@@ -5,8 +5,8 @@ its own beam search); serving through it is the fastest way to run our models on
 Its pre-norm Transformer is ours layer for layer (sqrt(d_model)-scaled embeddings plus
 sinusoidal positions, bias-free attention, ReLU feed-forward, final layer norms), so the
 conversion is a renaming of weights: fused query/key/value matrices, [out, in] layout, and
-our position table written out so both use the same encodings. The SentencePiece pieces
-become its vocabularies, so it translates piece strings:
+our position table written out so both use the same encodings. The tokenizer's pieces
+(SentencePiece or WordPiece) become its vocabularies, so it translates piece strings:
 
     translator = ctranslate2.Translator(DIR)
     translator.translate_batch([sp.encode("Hello", out_type=str)], beam_size=4)
@@ -18,10 +18,10 @@ import os
 import tempfile
 
 import numpy as np
-import sentencepiece as spm
 
 import models
 from models import layers
+from pipeline import features, tokenizer as tokenizer_lib
 
 POSITIONS = 1024  # rows of the position table: longest source or output it can handle
 
@@ -117,8 +117,8 @@ def transformer_spec(model: models.Transformer, *, source_pieces: list[str],
 
 
 def pieces(model_proto: bytes) -> list[str]:
-    """A SentencePiece model's pieces in id order (CTranslate2's vocabulary)."""
-    processor = spm.SentencePieceProcessor(model_proto=model_proto)
+    """A tokenizer model's pieces in id order (CTranslate2's vocabulary)."""
+    processor = tokenizer_lib.load_processor(model_proto)
     return [processor.id_to_piece(i) for i in range(processor.get_piece_size())]
 
 
@@ -157,13 +157,13 @@ def convert(model, *, source_model: bytes, target_model: bytes, output_dir: str,
     except ImportError:
         raise ConversionError("the CTranslate2 export needs the ctranslate2 package: "
                               "pip install 's2s-pipeline[ctranslate2]'") from None
-    target = spm.SentencePieceProcessor(model_proto=target_model)
+    target = tokenizer_lib.load_processor(target_model)
     config = model.config
     spec = transformer_spec(model, source_pieces=pieces(source_model),
                             target_pieces=pieces(target_model),
                             bos=target.id_to_piece(config.bos_id),
                             eos=target.id_to_piece(config.eos_id),
-                            unk=target.id_to_piece(target.unk_id()))
+                            unk=target.id_to_piece(features.UNK_ID))
 
     class _Loaded(Converter):
         def _load(self):

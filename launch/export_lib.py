@@ -1,6 +1,6 @@
 """Exports: a SavedModel mapping a batch of strings to translations, kept in export roots.
 
-Tokenization (tensorflow-text SentencePiece), cached beam search and detokenization all
+Tokenization (tensorflow-text SentencePiece or WordPiece), cached beam search and detokenization all
 live in the graph, so a SavedModel loads with plain `tf.saved_model.load` after
 `import tensorflow_text`, with no project code on the path. Beam size and the maximum
 output length are fixed at export time.
@@ -16,11 +16,11 @@ import json
 from typing import Callable
 
 import tensorflow as tf
-import tensorflow_text as tf_text
 from absl import logging
 
 from launch import export_layout, shared_files
 from models import decoding
+from pipeline import tokenizer as tokenizer_lib
 
 MANIFEST = export_layout.MANIFEST
 POINTER = export_layout.POINTER
@@ -43,11 +43,11 @@ class Translator(tf.Module):
         # Distinct names: two SentencePiece resources created under one node name get
         # mixed up when the SavedModel loads in a fresh process (the target side then
         # detokenizes with the source model).
-        self.source_tokenizer = tf_text.SentencepieceTokenizer(model=source_model,
-                                                               name="source_tokenizer")
+        self.source_tokenizer = tokenizer_lib.tf_text_tokenizer(source_model,
+                                                                name="source_tokenizer")
         self.target_tokenizer = (
             self.source_tokenizer if target_model == source_model
-            else tf_text.SentencepieceTokenizer(model=target_model, name="target_tokenizer"))
+            else tokenizer_lib.tf_text_tokenizer(target_model, name="target_tokenizer"))
         self.beam_size, self.alpha = int(beam_size), float(alpha)
         self.max_input_length = int(max_input_length)
         self.max_decode_length = int(max_decode_length)

@@ -291,7 +291,8 @@ def _check_settings(*, dev, test, split_fractions, vocab_size, model_type, max_l
                     max_length_ratio, num_shards, tokenizer_sample_size):
     """Validates numbers and split settings; returns SplitFractions or None."""
     if model_type not in tokenizer_lib.MODEL_TYPES:
-        raise PreprocessError(f"--model_type must be unigram or bpe, got {model_type!r}")
+        raise PreprocessError(f"--model_type must be unigram, bpe or wordpiece, "
+                              f"got {model_type!r}")
     for name, value, minimum in (("vocab_size", vocab_size, 8), ("max_length", max_length, 2),
                                  ("num_shards", num_shards, 0),
                                  ("tokenizer_sample_size", tokenizer_sample_size, 1)):
@@ -326,7 +327,10 @@ def _given_tokenizer(paths: str, settings):
         raise PreprocessError("--separate_vocabs with --tokenizer_model needs SRC_PATH,TGT_PATH")
     models = [tokenizer_lib.read_model_bytes(path) for path in parts]
     for path, model in zip(parts, models):
-        tokenizer_lib.load_sentencepiece(model)  # fails clearly on a bad model or special ids
+        tokenizer_lib.load_processor(model)  # fails clearly on a bad model or special ids
+    if len({tokenizer_lib.kind_of(model) for model in models}) > 1:
+        raise PreprocessError(f"--tokenizer_model: {parts[0]} and {parts[1]} are of different "
+                              "kinds (SentencePiece and WordPiece)")
     return transforms.TokenizerSettings(
         vocab_size=settings.vocab_size, model_type=tokenizer_lib.model_type_of(models[0]),
         shared=settings.shared, sample_size=settings.sample_size,
@@ -658,12 +662,17 @@ def define_flags(flag_values: flags.FlagValues = flags.FLAGS) -> None:
     define("string", "split_fractions", None, "Carve splits out of --train by a hash of the "
            "source text, e.g. dev:0.05,test:0.05.")
     define("string", "output_dir", None, "Output directory (local or gs://).")
-    define("integer", "vocab_size", 8000, "SentencePiece vocabulary size (a soft limit: "
+    define("integer", "vocab_size", 8000, "Tokenizer vocabulary size (a soft limit: "
            "smaller corpora get a smaller vocabulary).")
-    flags.DEFINE_enum("model_type", "unigram", list(tokenizer_lib.MODEL_TYPES),
+    flags.DEFINE_enum("tokenizer", tokenizer_lib.SENTENCEPIECE, list(tokenizer_lib.KINDS),
+                      "Tokenizer to train: SentencePiece (--model_type) or WordPiece "
+                      "(tensorflow-text's learner; keeps case and spacing).",
+                      flag_values=flag_values)
+    flags.DEFINE_enum("model_type", "unigram", list(tokenizer_lib.SENTENCEPIECE_TYPES),
                       "SentencePiece model type.", flag_values=flag_values)
     define("bool", "separate_vocabs", False, "Train separate source and target models.")
-    define("string", "tokenizer_model", None, "Use this .model instead of training one "
+    define("string", "tokenizer_model", None, "Use this tokenizer (a SentencePiece .model or "
+           "a WordPiece .vocab) instead of training one "
            "(SRC_PATH,TGT_PATH with --separate_vocabs); workers must be able to read it.")
     define("integer", "tokenizer_sample_size", 1_000_000, "Sentences (per model) sampled "
            "deterministically from the cleaned train data to train the tokenizer.")
@@ -707,7 +716,9 @@ def main(argv: Sequence[str], flag_values: flags.FlagValues = flags.FLAGS) -> No
             pipeline_options=options, train=values.train, dev=values.dev, test=values.test,
             split_fractions=parse_split_fractions(values.split_fractions or ""),
             output_dir=values.output_dir, vocab_size=values.vocab_size,
-            model_type=values.model_type, separate_vocabs=values.separate_vocabs,
+            model_type=(tokenizer_lib.WORDPIECE if values.tokenizer == tokenizer_lib.WORDPIECE
+                        else values.model_type),
+            separate_vocabs=values.separate_vocabs,
             tokenizer_model=values.tokenizer_model,
             tokenizer_sample_size=values.tokenizer_sample_size, max_length=values.max_length,
             max_length_ratio=values.max_length_ratio, num_shards=values.num_shards,

@@ -177,7 +177,8 @@ def build_metadata(*, stats: Mapping, tokenizer: dict, settings: OutputSettings,
 
     `shards` holds one record per shard file: {"split", "file", "records", "sha256"}.
     """
-    source_file, target_file = tokenizer_lib.model_file_names(tokenizer["shared"])
+    kind = tokenizer_lib.kind_of(tokenizer["source_model"])
+    source_file, target_file = tokenizer_lib.model_file_names(tokenizer["shared"], kind)
     sides, loaded = {}, {}
     for side, file_name, model in (("source", source_file, tokenizer["source_model"]),
                                    ("target", target_file, tokenizer["target_model"])):
@@ -203,6 +204,7 @@ def build_metadata(*, stats: Mapping, tokenizer: dict, settings: OutputSettings,
         "tokenizer": {
             "path": sides["source"]["path"],
             "sha256": fingerprint,
+            "kind": kind,
             "model_type": tokenizer["model_type"],
             "shared": tokenizer["shared"],
             "trained": tokenizer["trained"],

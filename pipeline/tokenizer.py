@@ -1,8 +1,9 @@
-"""SentencePiece tokenizers: train, load, encode and decode with the contract's special ids.
+"""Tokenizers: train, load, encode and decode with the contract's special ids.
 
-One place owns the SentencePiece settings so preprocess (Python, on Beam workers), the
-trainer and the evaluator (tensorflow-text, in the graph) always produce identical ids.
-Imports no Beam; tensorflow-text is imported only by `tf_text_tokenizer`.
+SentencePiece (unigram or BPE) by default; WordPiece (pipeline/wordpiece.py) when asked. A
+model is the bytes of its file, and its kind is read from them. One place owns the
+settings so preprocess (Python, on Beam workers), the trainer and the evaluator
+(tensorflow-text, in the graph) always produce identical ids. Imports no Beam.
 """
 
 import hashlib
@@ -15,12 +16,19 @@ from typing import Iterable
 import sentencepiece as spm
 import tensorflow as tf
 
-from pipeline import features
+from pipeline import features, wordpiece
 
-MODEL_TYPES = ("unigram", "bpe")
+SENTENCEPIECE, WORDPIECE = "sentencepiece", "wordpiece"
+KINDS = (SENTENCEPIECE, WORDPIECE)
+SENTENCEPIECE_TYPES = ("unigram", "bpe")
+MODEL_TYPES = SENTENCEPIECE_TYPES + (WORDPIECE,)
 SHARED_MODEL_FILE = "spm.model"
 SOURCE_MODEL_FILE = "spm_source.model"
 TARGET_MODEL_FILE = "spm_target.model"
+# file names by kind: (shared, source, target)
+MODEL_FILES = {SENTENCEPIECE: (SHARED_MODEL_FILE, SOURCE_MODEL_FILE, TARGET_MODEL_FILE),
+               WORDPIECE: ("wordpiece.vocab", "wordpiece_source.vocab",
+                           "wordpiece_target.vocab")}
 
 _SPECIAL_IDS = dict(pad_id=features.PAD_ID, eos_id=features.EOS_ID, unk_id=features.UNK_ID,
                     bos_id=features.BOS_ID)
@@ -31,6 +39,23 @@ class TokenizerError(ValueError):
     """The tokenizer cannot be trained or loaded as asked (message names the fix)."""
 
 
+def train_model(sentences: Iterable[str], *, vocab_size: int, model_type: str = "unigram",
+                num_threads: int = 2) -> bytes:
+    """A SentencePiece model of `model_type`, or a WordPiece vocabulary ("wordpiece")."""
+    if model_type != WORDPIECE:
+        return train_sentencepiece(sentences, vocab_size=vocab_size, model_type=model_type,
+                                   num_threads=num_threads)
+    sentences = [s for s in sentences if s]
+    if not sentences:
+        raise TokenizerError("no training sentences left after cleaning: cannot train a tokenizer")
+    model = wordpiece.learn_vocabulary(sentences, vocab_size=vocab_size)
+    actual = len(wordpiece.parse_vocabulary(model))
+    if actual < vocab_size:
+        logging.warning("vocab_size %d is more than %d sentences support: learned %d pieces",
+                        vocab_size, len(sentences), actual)
+    return model
+
+
 def train_sentencepiece(sentences: Iterable[str], *, vocab_size: int,
                         model_type: str = "unigram", num_threads: int = 2) -> bytes:
     """Trains a model in memory and returns its serialized bytes.
@@ -39,7 +64,7 @@ def train_sentencepiece(sentences: Iterable[str], *, vocab_size: int,
     requested size yields a smaller vocabulary (logged as a warning) instead of an error.
     A size smaller than the corpus's distinct characters fails with a TokenizerError.
     """
-    if model_type not in MODEL_TYPES:
+    if model_type not in SENTENCEPIECE_TYPES:
         raise TokenizerError(f"model_type must be one of {MODEL_TYPES}, got {model_type!r}")
     sentences = [s for s in sentences if s]
     if not sentences:
@@ -84,24 +109,52 @@ def read_model_bytes(path: str) -> bytes:
         raise TokenizerError(f"cannot read tokenizer model {path}: {error.message}") from None
 
 
+def _model_and_name(path_or_bytes) -> tuple:
+    if isinstance(path_or_bytes, (bytes, bytearray)):
+        return bytes(path_or_bytes), "tokenizer model"
+    return read_model_bytes(path_or_bytes), path_or_bytes
+
+
 def load_sentencepiece(path_or_bytes) -> spm.SentencePieceProcessor:
     """A SentencePieceProcessor from a model path (local or gs://) or serialized bytes."""
-    if isinstance(path_or_bytes, (bytes, bytearray)):
-        model, name = bytes(path_or_bytes), "tokenizer model"
-    else:
-        model, name = read_model_bytes(path_or_bytes), path_or_bytes
+    return _sentencepiece(*_model_and_name(path_or_bytes))
+
+
+def _sentencepiece(model: bytes, name: str) -> spm.SentencePieceProcessor:
     try:
         processor = spm.SentencePieceProcessor(model_proto=model)
     except RuntimeError as error:
-        raise TokenizerError(f"{name} is not a SentencePiece model: {error}") from None
+        raise TokenizerError(
+            f"{name} is neither a SentencePiece model ({error}) nor a WordPiece vocabulary "
+            f"(whose first lines are {' '.join(wordpiece.RESERVED)})") from None
     check_special_ids(processor, name)
     return processor
 
 
-def tf_text_tokenizer(model_bytes: bytes):
-    """The in-graph tokenizer (tensorflow-text) producing the same ids as `encode` minus EOS."""
+def kind_of(model: bytes) -> str:
+    return WORDPIECE if wordpiece.is_wordpiece(model) else SENTENCEPIECE
+
+
+def load_processor(path_or_bytes):
+    """Python encoder/decoder of either kind: a SentencePieceProcessor, or a
+    WordpieceProcessor with the same methods (encode, decode, id_to_piece, ...)."""
+    model, name = _model_and_name(path_or_bytes)
+    if kind_of(model) == SENTENCEPIECE:
+        return _sentencepiece(model, name)
+    try:
+        return wordpiece.WordpieceProcessor(model)
+    except wordpiece.VocabularyError as error:
+        raise TokenizerError(f"{name}: {error}") from None
+
+
+def tf_text_tokenizer(model_bytes: bytes, name: str | None = None):
+    """The in-graph tokenizer (tensorflow-text) producing the same ids as `encode` minus EOS:
+    tokenize([batch] string) -> ragged int32, detokenize(ids) -> [batch] string."""
+    if kind_of(model_bytes) == WORDPIECE:
+        return wordpiece.GraphTokenizer(model_bytes, name=name or "wordpiece")
     import tensorflow_text
-    return tensorflow_text.SentencepieceTokenizer(model=model_bytes, out_type=tf.int32)
+    return tensorflow_text.SentencepieceTokenizer(model=model_bytes, out_type=tf.int32,
+                                                  name=name)
 
 
 def sha256_of_bytes(data: bytes) -> str:
@@ -119,11 +172,12 @@ def pair_fingerprint(source_sha256: str, target_sha256: str) -> str:
 
 
 class Tokenizer:
-    """A SentencePiece model with the data contract applied: ids end in EOS_ID."""
+    """A tokenizer model with the data contract applied: ids end in EOS_ID."""
 
     def __init__(self, model: bytes):
         self.model = bytes(model)
-        self.processor = load_sentencepiece(self.model)
+        self.kind = kind_of(self.model)
+        self.processor = load_processor(self.model)
         self.sha256 = sha256_of_bytes(self.model)
 
     @classmethod
@@ -173,11 +227,12 @@ def load_tokenizers(data_dir: str, metadata: dict) -> tuple:
             loaded[os.path.join(data_dir, info["target"]["path"])])
 
 
-def model_file_names(shared: bool) -> tuple:
+def model_file_names(shared: bool, kind: str = SENTENCEPIECE) -> tuple:
     """(source file, target file) names inside the output dir."""
+    shared_file, source_file, target_file = MODEL_FILES[kind]
     if shared:
-        return SHARED_MODEL_FILE, SHARED_MODEL_FILE
-    return SOURCE_MODEL_FILE, TARGET_MODEL_FILE
+        return shared_file, shared_file
+    return source_file, target_file
 
 
 _MODEL_TYPE_NAMES = {1: "unigram", 2: "bpe", 3: "word", 4: "char"}
@@ -188,8 +243,10 @@ def model_type_of(model: bytes) -> str:
 
     Reads ModelProto.trainer_spec (field 2) -> TrainerSpec.model_type (field 3) straight
     from the wire format: sentencepiece's bundled _pb2 module needs a newer protobuf runtime
-    than TensorFlow allows.
+    than TensorFlow allows. A WordPiece vocabulary is "wordpiece".
     """
+    if kind_of(model) == WORDPIECE:
+        return WORDPIECE
     spec = _find_field(model, 2)
     value = _find_field(spec, 3) if spec is not None else None
     return _MODEL_TYPE_NAMES.get(value if value is not None else 1, "unknown")

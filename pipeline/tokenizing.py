@@ -1,4 +1,4 @@
-"""The tokenizer stages: sample clean train pairs, train SentencePiece once, then encode
+"""The tokenizer stages: sample clean train pairs, train the tokenizer once, then encode
 every batch, apply the token-length filters and key each Example by its shard.
 
 Determinism: the tokenizer sample is the pairs with the smallest ids, and shards come from
@@ -76,19 +76,19 @@ class TokenizerSettings:
 
 
 def train_tokenizer(sample, *, settings: TokenizerSettings) -> dict:
-    """Trains the SentencePiece model(s) on the sampled pairs; runs once, on one worker."""
+    """Trains the tokenizer model(s) on the sampled pairs; runs once, on one worker."""
     started = time.monotonic()
-    logging.info("training %s SentencePiece (%s, vocab %d) on %d pairs",
+    logging.info("training %s tokenizer (%s, vocab %d) on %d pairs",
                  "a shared" if settings.shared else "separate", settings.model_type,
                  settings.vocab_size, len(sample))
     train = dict(vocab_size=settings.vocab_size, model_type=settings.model_type,
                  num_threads=max(1, os.cpu_count() or 1))
     if settings.shared:
         sentences = [text for _, source, target in sample for text in (source, target)]
-        source_model = target_model = tokenizer_lib.train_sentencepiece(sentences, **train)
+        source_model = target_model = tokenizer_lib.train_model(sentences, **train)
     else:
-        source_model = tokenizer_lib.train_sentencepiece([p[1] for p in sample], **train)
-        target_model = tokenizer_lib.train_sentencepiece([p[2] for p in sample], **train)
+        source_model = tokenizer_lib.train_model([p[1] for p in sample], **train)
+        target_model = tokenizer_lib.train_model([p[2] for p in sample], **train)
     logging.info("trained the tokenizer in %.1fs", time.monotonic() - started)
     return tokenizer_info(source_model=source_model, target_model=target_model,
                           settings=settings, sample_pairs=len(sample))
@@ -108,6 +108,7 @@ def tokenizer_info(*, source_model: bytes, target_model: bytes, settings: Tokeni
                    sample_pairs: Optional[int] = None) -> dict:
     """The tokenizer side input: model bytes plus what metadata.json records about them."""
     return {"source_model": source_model, "target_model": target_model,
+            "kind": tokenizer_lib.kind_of(source_model),
             "shared": settings.shared, "trained": settings.trained,
             "model_type": settings.model_type,
             "requested_vocab_size": settings.vocab_size if settings.trained else None,
@@ -117,7 +118,7 @@ def tokenizer_info(*, source_model: bytes, target_model: bytes, settings: Tokeni
 
 
 class TokenizePairs(beam.DoFn):
-    """Encodes a batch with SentencePiece, applies the token filters, keys it by shard.
+    """Encodes a batch with the tokenizer, applies the token filters, keys it by shard.
 
     Output: ((split, shard), packed [(pair_id, serialized Example, input_len, target_len,
     where)]), where = (origin, line) of a dev/test pair, else None;
@@ -182,11 +183,11 @@ class TokenizePairs(beam.DoFn):
         progress.note("tokenized", sum(map(len, by_shard.values())))
 
     def _load(self, tokenizer: dict):
-        """SentencePiece processors, loaded once per worker (the side input is re-read)."""
+        """Tokenizer processors, loaded once per worker (the side input is re-read)."""
         models = (tokenizer["source_model"], tokenizer["target_model"])
         if self._models != models:
-            source = tokenizer_lib.load_sentencepiece(models[0])
-            target = source if models[1] == models[0] else tokenizer_lib.load_sentencepiece(
+            source = tokenizer_lib.load_processor(models[0])
+            target = source if models[1] == models[0] else tokenizer_lib.load_processor(
                 models[1])
             self._models, self._encoders = models, (source, target)
         return self._encoders

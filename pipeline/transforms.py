@@ -312,7 +312,8 @@ def write_outputs(stats: dict, *, shards: list, settings: OutputSettings,
                                           tokenizer_settings.target_model_path),
                                          settings=tokenizer_settings)
     directory = settings.output_dir
-    source_file, target_file = tokenizer_lib.model_file_names(tokenizer["shared"])
+    source_file, target_file = tokenizer_lib.model_file_names(
+        tokenizer["shared"], tokenizer_lib.kind_of(tokenizer["source_model"]))
     for file_name, model in ((source_file, tokenizer["source_model"]),
                              (target_file, tokenizer["target_model"])):
         shard_files.write_atomically(os.path.join(directory, file_name), model)

@@ -92,7 +92,7 @@ def test_missing_or_foreign_models_are_refused(tmp_path):
     with pytest.raises(tokenizer.TokenizerError, match="cannot read tokenizer model"):
         tokenizer.load_sentencepiece(str(tmp_path / "missing.model"))
     (tmp_path / "junk.model").write_bytes(b"not a model")
-    with pytest.raises(tokenizer.TokenizerError, match="not a SentencePiece model"):
+    with pytest.raises(tokenizer.TokenizerError, match="junk.model is neither a SentencePiece model"):
         tokenizer.load_sentencepiece(str(tmp_path / "junk.model"))
     foreign = io.BytesIO()  # SentencePiece defaults: unk=0, bos=1, eos=2, no pad
     spm.SentencePieceTrainer.train(sentence_iterator=iter(CORPUS), model_writer=foreign,
