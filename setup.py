@@ -32,6 +32,8 @@ ORCHESTRATE = [
     "apache-airflow-providers-cncf-kubernetes>=10.5",
     "kfp>=2.16,<3",
 ]
+# s2s-sweep's random and Bayesian (TPE) search.
+SWEEP = ["optuna>=4,<6"]
 TEST = ["pytest>=8", "gcp-storage-emulator>=2026.7"]
 
 setup(
@@ -49,8 +51,9 @@ setup(
         "dataflow": ["apache-beam[gcp]>=2.60,<3"],
         "cloud": CLOUD,
         "orchestrate": ORCHESTRATE,
+        "sweep": SWEEP,
         "test": TEST,
-        "all": PREPROCESS + EVALUATE + CTRANSLATE2 + CLOUD + ORCHESTRATE + TEST,
+        "all": PREPROCESS + EVALUATE + CTRANSLATE2 + CLOUD + ORCHESTRATE + SWEEP + TEST,
     },
     entry_points={
         "console_scripts": [
@@ -58,6 +61,7 @@ setup(
             "s2s-train=launch.train:run",
             "s2s-evaluate=launch.evaluate:run",
             "s2s-export=launch.export:run",
+            "s2s-sweep=launch.sweep_main:run",
             "s2s-translate=launch.translate:run",
             "s2s-local-cluster=launch.local_cluster:run",
             "s2s-report=launch.report_main:run",

@@ -25,6 +25,7 @@ EXTRAS = {
     "requests": ("requests", "cloud"),
     "yaml": ("PyYAML", "cloud"),
     "kfp": ("kfp", "orchestrate"),
+    "optuna": ("optuna", "sweep"),
 }
 
 

@@ -99,6 +99,31 @@ def evaluator_job(*, display_name: str, image: str, data_dir: str, workdir: str,
                     service_account=service_account)
 
 
+ALGORITHMS = {"grid": "GRID_SEARCH", "random": "RANDOM_SEARCH",
+              "bayes": "ALGORITHM_UNSPECIFIED"}  # unspecified: Vertex's Bayesian optimization
+
+
+def tuning_job(*, display_name: str, image: str, trial_command: list[str], metric: str,
+               goal: str, algorithm: str, parameters: list[dict], trials: int,
+               parallel: int, machine: dict, spot: bool = False,
+               timeout_hours: float = 168.0, service_account: str = "") -> dict:
+    """HyperparameterTuningJob body: Vertex runs `trial_command` per trial with each value
+    appended as --<parameterId>=VALUE, and reads the metric the trial reports."""
+    custom = job_body(display_name=display_name,
+                      pools=[worker_pool(image=image, command=trial_command, machine=machine,
+                                         replicas=1)],
+                      scheduling=scheduling(spot=spot, timeout_hours=timeout_hours),
+                      service_account=service_account)
+    return {"displayName": display_name, "labels": custom["labels"],
+            "studySpec": {"metrics": [{"metricId": metric,
+                                       "goal": "MINIMIZE" if goal == "min" else "MAXIMIZE"}],
+                          "parameters": parameters, "algorithm": ALGORITHMS[algorithm],
+                          "measurementSelectionType": "LAST_MEASUREMENT"},
+            "maxTrialCount": trials, "parallelTrialCount": parallel,
+            "maxFailedTrialCount": max(1, trials // 4),
+            "trialJobSpec": custom["jobSpec"]}
+
+
 def job_body(*, display_name: str, pools: list[dict], scheduling: dict,
              service_account: str) -> dict:
     spec = {"workerPoolSpecs": pools, "scheduling": scheduling}
@@ -157,8 +182,9 @@ def describe(response) -> str:
     return f"HTTP {response.status_code}: {body}" if body else f"HTTP {response.status_code}"
 
 
-def jobs_url(*, project: str, region: str) -> str:
-    return f"{API.format(region=region)}/projects/{project}/locations/{region}/customJobs"
+def jobs_url(*, project: str, region: str, collection: str = "customJobs") -> str:
+    """customJobs, or hyperparameterTuningJobs."""
+    return f"{API.format(region=region)}/projects/{project}/locations/{region}/{collection}"
 
 
 def send_once(send) -> tuple[object | None, str]:
@@ -206,10 +232,10 @@ def name_filter(display_name: str) -> str:
 
 
 def find_job(display_name: str, *, project: str, region: str, session,
-             sleep=time.sleep) -> dict | None:
+             sleep=time.sleep, collection: str = "customJobs") -> dict | None:
     """The newest job of that display name that has not failed, been cancelled or expired:
     the one a retried step must attach to instead of submitting another."""
-    url = (f"{jobs_url(project=project, region=region)}"
+    url = (f"{jobs_url(project=project, region=region, collection=collection)}"
            f"?filter={urllib.parse.quote(name_filter(display_name), safe='')}")
     jobs, token = [], ""
     while True:
@@ -220,7 +246,7 @@ def find_job(display_name: str, *, project: str, region: str, session,
             raise cli.LaunchError(f"cannot list Vertex AI jobs named {display_name} "
                                   f"({describe(response)})")
         page = response.json()
-        jobs += [job for job in page.get("customJobs", [])
+        jobs += [job for job in page.get(collection, [])
                  if job.get("displayName") == display_name
                  and job.get("state") not in RESTARTABLE]
         token = page.get("nextPageToken", "")
@@ -229,15 +255,16 @@ def find_job(display_name: str, *, project: str, region: str, session,
 
 
 def submit(body: dict, *, project: str, region: str, session, attempts: int = 5,
-           sleep=time.sleep) -> tuple[dict, bool]:
+           sleep=time.sleep, collection: str = "customJobs") -> tuple[dict, bool]:
     """customJobs.create, at most once per display name: (the job, True when it already
     existed). A retried step attaches to its job; a create that failed in transit is
     looked up before it is sent again, since it may have created the job."""
     name = body["displayName"]
-    existing = find_job(name, project=project, region=region, session=session, sleep=sleep)
+    existing = find_job(name, project=project, region=region, session=session, sleep=sleep,
+                        collection=collection)
     if existing:
         return existing, True
-    url = jobs_url(project=project, region=region)
+    url = jobs_url(project=project, region=region, collection=collection)
     delay = 2.0
     for attempt in range(1, attempts + 1):
         response, reason = send_once(functools.partial(session.post, url, json=body))
@@ -250,7 +277,7 @@ def submit(body: dict, *, project: str, region: str, session, attempts: int = 5,
         delay = back_off(delay, what=f"creating {name}", reason=reason, sleep=sleep,
                          then="looking for it before sending it again")
         existing = find_job(name, project=project, region=region, session=session,
-                            sleep=sleep)
+                            sleep=sleep, collection=collection)
         if existing:  # the create went through although its answer did not
             print(f"vertex: {name} was created after all ({existing['name']}): not sent "
                   "again", file=sys.stderr, flush=True)
