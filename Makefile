@@ -19,10 +19,13 @@ $(STAMP): setup.py constraints.txt
 	touch $(STAMP)
 
 # tests/test_report.py opens the evaluation report in headless Chromium (Debian's package).
+# Two test processes share the CPU (whole files each), then the `serial` tests (timed
+# reactions, real worker groups; tests/conftest.py) run alone.
 test: $(STAMP)
 	command -v chromium >/dev/null || (apt-get update && \
 	    DEBIAN_FRONTEND=noninteractive apt-get install -y chromium)
-	$(PY) -m pytest -q tests
+	$(PY) -m pytest -q -n 2 --dist loadfile -m "not serial" tests
+	$(PY) -m pytest -q -m serial tests
 
 # The quickstart: CMUdict grapheme-to-phoneme with the bench-size Transformer, within 20
 # min on 2 cores. Its training steps fit that budget: configs/g2p.py's (5400) where the

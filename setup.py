@@ -34,7 +34,7 @@ ORCHESTRATE = [
 ]
 # s2s-sweep's random and Bayesian (TPE) search.
 SWEEP = ["optuna>=4,<6"]
-TEST = ["pytest>=8", "gcp-storage-emulator>=2026.7"]
+TEST = ["pytest>=8", "pytest-xdist>=3.6", "gcp-storage-emulator>=2026.7"]
 
 setup(
     name="s2s-pipeline",

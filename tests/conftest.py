@@ -1,10 +1,26 @@
-"""Fixtures shared by the trainer-level tests."""
+"""Fixtures shared by the trainer-level tests, and the `serial` marker."""
 
 import sys
 
 import pytest
 
 import toy_data
+
+# Tests that time a reaction (peer timeouts, signal latency) or start real worker groups:
+# `make test` runs them after the others, one at a time, so that no test running beside
+# them can slow them past their limits.
+SERIAL_FILES = {"test_local_cluster.py", "test_train_cli.py", "test_distributed.py",
+                "test_checkpoint_faults.py"}
+
+
+def pytest_configure(config):
+    config.addinivalue_line("markers", "serial: run alone, not beside other tests")
+
+
+def pytest_collection_modifyitems(items):
+    for item in items:
+        if item.path.name in SERIAL_FILES:
+            item.add_marker(pytest.mark.serial)
 
 
 @pytest.fixture(scope="module")

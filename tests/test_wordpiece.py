@@ -2,11 +2,13 @@
 the exported graph, and clear errors for files that are not vocabularies."""
 
 import glob
+import json
 import os
 
 import keras
 import pytest
 import tensorflow as tf
+from absl import flags
 
 import models
 from launch import export_lib
@@ -81,7 +83,7 @@ def test_a_file_that_is_not_a_vocabulary_is_a_clear_error(tmp_path, content, rea
 
 @pytest.fixture(scope="module")
 def preprocessed(tmp_path_factory):
-    """s2s-preprocess --tokenizer=wordpiece on a small corpus with a test split."""
+    """`s2s-preprocess --tokenizer=wordpiece` on a small corpus with a test split."""
     root = tmp_path_factory.mktemp("wordpiece")
     pairs = [(f"{verb} the {item}, now!", f"{item.title()} jetzt {german}.")
              for verb, german in [("Open", "öffnen"), ("close", "schließen"), ("Copy", "kopieren")]
@@ -89,11 +91,14 @@ def preprocessed(tmp_path_factory):
     (root / "train.tsv").write_text("".join(f"{s}\t{t}\n" for s, t in pairs[:15]))
     (root / "test.tsv").write_text("".join(f"{s}\t{t}\n" for s, t in pairs[15:]))
     output = root / "data"
-    options = preprocess.pipeline_options_from_argv([])
-    metadata = preprocess.preprocess(
-        pipeline_options=options, output_dir=str(output), train=[f"tsv:{root}/train.tsv"],
-        test=[f"tsv:{root}/test.tsv"], vocab_size=200, model_type="wordpiece", num_shards=1)
-    return str(output), metadata
+    flag_values = flags.FlagValues()
+    preprocess.define_flags(flag_values)
+    argv = preprocess.parse_flags(
+        ["s2s-preprocess", f"--train=tsv:{root}/train.tsv", f"--test=tsv:{root}/test.tsv",
+         f"--output_dir={output}", "--vocab_size=200", "--tokenizer=wordpiece",
+         "--num_shards=1"], flag_values)
+    preprocess.main(argv, flag_values)
+    return str(output), json.load(open(output / features.METADATA_FILE))
 
 
 def read_examples(output_dir, split):
