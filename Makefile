@@ -7,7 +7,7 @@ DEMO_DIR ?= demo_run
 DEMO_EXPORT = $(DEMO_DIR)/work/export/final
 BIN := $(VENV)/bin
 
-.PHONY: setup demo retrain-demo retrain-airflow test image clean
+.PHONY: setup demo retrain-demo retrain-airflow test bazel-test image clean
 
 setup: $(STAMP)
 
@@ -26,6 +26,16 @@ test: $(STAMP)
 	    DEBIAN_FRONTEND=noninteractive apt-get install -y chromium)
 	$(PY) -m pytest -q -n 2 --dist loadfile -m "not serial" tests
 	$(PY) -m pytest -q -m serial tests
+
+# Every BUILD target built and every test file run through Bazel (Debian's Bazel 4.2.3,
+# nothing fetched; BUILD's header says how): the virtualenv's interpreter runs the targets.
+bazel-test: $(STAMP)
+	command -v bazel >/dev/null || (apt-get update && \
+	    DEBIAN_FRONTEND=noninteractive apt-get install -y bazel-bootstrap)
+	command -v chromium >/dev/null || (apt-get update && \
+	    DEBIAN_FRONTEND=noninteractive apt-get install -y chromium)
+	echo "build --python_path=$(abspath $(PY))" > .bazelrc.venv
+	bazel test --local_test_jobs=2 //...
 
 # The quickstart: CMUdict grapheme-to-phoneme with the bench-size Transformer, within 20
 # min on 2 cores. Its training steps fit that budget: configs/g2p.py's (5400) where the
