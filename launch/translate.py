@@ -149,7 +149,7 @@ class Progress:
     def add(self, count: int) -> None:
         self.done += count
         now = time.monotonic()
-        if now - self.last >= self.every and self.done < self.total:
+        if count and now - self.last >= self.every and self.done < self.total:
             rate = self.done / max(now - self.began, 1e-9)
             print(f"{PROG}: {self.done}/{self.total} lines ({rate:.1f} lines/s, ETA "
                   f"{(self.total - self.done) / max(rate, 1e-9):.0f} s)", file=sys.stderr,
