@@ -30,8 +30,9 @@ test: $(STAMP)
 # Every BUILD target built and every test file run through Bazel (Debian's Bazel 4.2.3,
 # nothing fetched; BUILD's header says how): the virtualenv's interpreter runs the targets.
 bazel-test: $(STAMP)
-	command -v bazel >/dev/null || (apt-get update && \
-	    DEBIAN_FRONTEND=noninteractive apt-get install -y bazel-bootstrap)
+	(command -v bazel >/dev/null && test -d /usr/share/bazel/platforms) || \
+	    (apt-get update && DEBIAN_FRONTEND=noninteractive \
+	    apt-get install -y bazel-bootstrap bazel-platforms)
 	command -v chromium >/dev/null || (apt-get update && \
 	    DEBIAN_FRONTEND=noninteractive apt-get install -y chromium)
 	echo "build --python_path=$(abspath $(PY))" > .bazelrc.venv
