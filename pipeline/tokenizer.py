@@ -176,7 +176,6 @@ class Tokenizer:
 
     def __init__(self, model: bytes):
         self.model = bytes(model)
-        self.kind = kind_of(self.model)
         self.processor = load_processor(self.model)
         self.sha256 = sha256_of_bytes(self.model)
 
