@@ -14,6 +14,8 @@ FastWordpieceTokenizer over the same pre-tokenizer (`split_words`), so their ids
 """
 
 import collections
+import logging
+import time
 from typing import Iterable
 
 import tensorflow as tf
@@ -65,8 +67,13 @@ def learn_vocabulary(sentences: Iterable[str], *, vocab_size: int) -> bytes:
             batch = []
     if batch:
         counts.update(_words(batch))
+    # The learner is pure Python: minutes for the 44k distinct words of gettext en-de.
+    logging.info("learning %d WordPiece pieces from %d distinct words", vocab_size,
+                 len(counts))
+    started = time.monotonic()
     vocab = learner.learn(counts, vocab_size, list(RESERVED), lower_thresh=1,
                           joiner=SUFFIX)
+    logging.info("learned %d pieces in %.0f s", len(vocab), time.monotonic() - started)
     return ("\n".join(vocab) + "\n").encode("utf-8")
 
 
