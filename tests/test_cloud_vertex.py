@@ -165,6 +165,24 @@ def test_submit_posts_the_body_and_wait_polls_until_the_end():
         f"https://r-aiplatform.googleapis.com/v1/{NAME}"] * 2
 
 
+def test_a_tuning_job_is_created_once_in_its_own_collection():
+    tuning = "https://r-aiplatform.googleapis.com/v1/projects/proj/locations/r/" \
+        "hyperparameterTuningJobs"
+    body = {"displayName": "d", "studySpec": {}}
+    existing = {"hyperparameterTuningJobs": [{"displayName": "d", "name": "t/7",
+                                              "state": "JOB_STATE_RUNNING"}]}
+    session = FakeSession(NO_JOBS, FakeResponse(200, {"name": "t/7"}),
+                          FakeResponse(200, existing))
+    job, existed = vertex.submit(body, project="proj", region="r", session=session,
+                                 collection="hyperparameterTuningJobs")
+    assert (job, existed) == ({"name": "t/7"}, False)
+    assert session.requests == [("GET", tuning + "?filter=display_name%3D%22d%22", None),
+                                ("POST", tuning, body)]
+    again, existed = vertex.submit(body, project="proj", region="r", session=session,
+                                   collection="hyperparameterTuningJobs")
+    assert existed and again["name"] == "t/7" and posts(session) == 1
+
+
 def posts(session) -> int:
     return sum(1 for method, _, _ in session.requests if method == "POST")
 
