@@ -50,7 +50,7 @@ def train_model(sentences: Iterable[str], *, vocab_size: int, model_type: str = 
         raise TokenizerError("no training sentences left after cleaning: cannot train a tokenizer")
     model = wordpiece.learn_vocabulary(sentences, vocab_size=vocab_size)
     actual = len(wordpiece.parse_vocabulary(model))
-    if actual < vocab_size:
+    if actual < (1 - wordpiece.SLACK) * vocab_size:  # the learner may stop that far below
         logging.warning("vocab_size %d is more than %d sentences support: learned %d pieces",
                         vocab_size, len(sentences), actual)
     return model

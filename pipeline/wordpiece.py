@@ -31,6 +31,7 @@ HEADER = ("\n".join(RESERVED) + "\n").encode("utf-8")
 _BREAK = r"\s|[\p{P}\p{S}]"  # words end at spaces (dropped) and punctuation/symbols (kept)
 _KEEP = r"[\p{P}\p{S}]"
 _BATCH = 4096
+SLACK = 0.05  # the learner settles for a size within this fraction below vocab_size
 
 
 class VocabularyError(ValueError):
@@ -72,7 +73,7 @@ def learn_vocabulary(sentences: Iterable[str], *, vocab_size: int) -> bytes:
                  len(counts))
     started = time.monotonic()
     vocab = learner.learn(counts, vocab_size, list(RESERVED), lower_thresh=1,
-                          joiner=SUFFIX)
+                          slack_ratio=SLACK, joiner=SUFFIX)
     logging.info("learned %d pieces in %.0f s", len(vocab), time.monotonic() - started)
     return ("\n".join(vocab) + "\n").encode("utf-8")
 
