@@ -11,11 +11,9 @@ SWEEP_DIR/sweep.jsonl plus a table on the console, and a rerun resumes (launch/s
 On Vertex AI: one HyperparameterTuningJob over the same space; --dry-run prints its body.
 """
 
-import argparse
 import importlib.util
 import json
 import os
-import sys
 import time
 from typing import Sequence
 
