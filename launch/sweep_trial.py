@@ -76,7 +76,7 @@ def read_result(workdir: str) -> dict | None:
         return json.load(stream)
 
 
-def score(*, workdir: str, data_dir: str, metric: str) -> dict:
+def score(*, workdir: str, metric: str) -> dict:
     """The metric of the last checkpoint, from the evaluator's rows for the split."""
     import tensorflow as tf
     split, name = parse_metric(metric)
@@ -113,7 +113,7 @@ def run_trial(*, config: str, data_dir: str, workdir: str, metric: str, override
          f"--workdir={workdir}", *fixed, *chosen])
     run([sys.executable, "-m", "launch.evaluate", f"--workdir={workdir}",
          f"--data_dir={data_dir}", f"--split={split}", "--noexport_best"])
-    result = {**score(workdir=workdir, data_dir=data_dir, metric=metric), "values": values}
+    result = {**score(workdir=workdir, metric=metric), "values": values}
     shared_files.write_text_atomically(os.path.join(workdir, RESULT), json.dumps(result))
     return result
 
